@@ -1,0 +1,33 @@
+# make setup | demo | test | lint | bench — each builds the environment first when it is missing.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test lint lock clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+$(BIN)/trimlab-train:
+	@bash scripts/setup_env.sh
+
+demo: $(BIN)/trimlab-train
+	$(BIN)/trimlab-train
+
+test: $(BIN)/trimlab-train
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/trimlab-train
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+# Re-pin every package after changing dependencies in pyproject.toml.
+lock: $(BIN)/trimlab-train
+	$(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' | sort -f > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,171 @@
+"""Checks made before Hydra starts a job, so bad input fails in a second with one clear line.
+
+`preflight` composes the config the way Hydra will (each value of a sweep once), checks group options, value
+ranges and the output dir, and turns `ckpt_path=last` into a resume of that run in its own run dir.
+Only Hydra and OmegaConf are imported here: torch and Lightning load after the checks pass.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trimlab import rundir
+from trimlab.errors import ConfigError, TrimlabError, fail
+
+
+def config_dir() -> str:
+    """The packaged configs in an installed wheel; the repo's top-level conf/ in a checkout."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+
+
+def _number(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"{key}={value!r} is not a number; set {key}=<number>")
+    return value
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Out-of-range values that would otherwise fail (or silently misbehave) deep inside training."""
+    epochs, max_steps = _number(cfg, "trainer.max_epochs"), _number(cfg, "trainer.max_steps")
+    if epochs is not None and epochs < 1 and not (epochs == -1 and (max_steps or 0) > 0):
+        raise ConfigError(f"trainer.max_epochs={epochs} must be >= 1; set trainer.max_epochs=<n>")
+    lr = _number(cfg, "task.optimizer.lr")
+    if lr is not None and lr <= 0:
+        raise ConfigError(f"task.optimizer.lr={lr} must be > 0; set task.optimizer.lr=<positive float>")
+    for key in ("data.batch_size", "data.eval_batch_size", "trainer.accumulate_grad_batches"):
+        value = _number(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1; set {key}=<positive int>")
+    for key in [k for k in (cfg.get("data") or {}) if str(k).endswith("_fraction")]:
+        value = _number(cfg, f"data.{key}")
+        if value is not None and not 0 < value < 1:
+            raise ConfigError(f"data.{key}={value} is outside (0, 1); set data.{key}=<fraction, e.g. 0.1>")
+    price = _number(cfg, "cost.price_per_hour")
+    if price is not None and price < 0:
+        raise ConfigError(f"cost.price_per_hour={price} must be >= 0")
+
+
+def _variants(overrides: list[str]) -> list[list[str]]:
+    """One override list per sweep value (other sweeps at their first value); a plain run gives one list."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    base, sweeps = [], []
+    for override in parsed:
+        if not override.is_sweep_override():
+            base.append(override.input_line)
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except HydraException:  # interval sweeps: the sweeper picks values, nothing to enumerate
+            continue
+        sweeps.append([f"{override.get_key_element()}={value}" for value in values])
+    first = base + [values[0] for values in sweeps]
+    variants = [first]
+    for index, values in enumerate(sweeps):
+        for value in values[1:]:
+            variant = list(first)
+            variant[len(base) + index] = value
+            variants.append(variant)
+    return variants
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=config_name):
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def _one_line(err: Exception) -> str:
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        group, _, option = str(err.missing_cfg_file).rpartition("/")
+        return f"unknown option '{option}' for '{group}'; available: {', '.join(err.options)} (use {group}=<option>)"
+    return " ".join(str(err).split())
+
+
+def check_output_dir(path: Path) -> None:
+    anchor = rundir.nearest_existing(path)
+    if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write the run dir {path}: {anchor} is not a writable directory; "
+            "set paths.output_root=<writable dir> (or env TRIMLAB_OUTPUT, or hydra.run.dir=<dir>)"
+        )
+
+
+def _resume(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """Overrides that resume the run a checkpoint belongs to: its saved overrides, then the user's."""
+    ckpt = str(cfg.ckpt_path)
+    explicit_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+    if ckpt == "last":
+        if explicit_dir:
+            run_dir = Path(explicit_dir)
+        else:
+            task_dir = Path(cfg.paths.output_root) / cfg.task_name
+            run_dir = rundir.latest_run_dir(task_dir)
+            if run_dir is None:
+                raise ConfigError(
+                    f"ckpt_path=last: no run with checkpoints/last.ckpt under {task_dir}; "
+                    "name the run with hydra.run.dir=<run dir> or pass ckpt_path=<file>"
+                )
+        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        checkpoint = Path(ckpt)
+        run_dir = checkpoint.absolute().parents[1]
+    if not checkpoint.is_file():
+        raise ConfigError(f"ckpt_path: {checkpoint} does not exist; pass an existing checkpoint file")
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not (checkpoint.parent.name == "checkpoints" and saved.is_file()):
+        return overrides  # a checkpoint from elsewhere: start a new run from its state
+    rundir.set_run_id(_saved_run_id(run_dir))
+    drop = ("ckpt_path=", "hydra.run.dir=")
+    previous = [o for o in OmegaConf.load(saved) if not str(o).startswith(drop)]
+    mine = [o for o in overrides if not o.startswith(drop)]
+    return [*previous, *mine, f"ckpt_path={checkpoint.absolute()}", f"hydra.run.dir={run_dir.absolute()}"]
+
+
+def _saved_run_id(run_dir: Path) -> str:
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        import json
+
+        try:
+            return json.loads(summary.read_text())["run_id"]
+        except (ValueError, KeyError):
+            pass
+    return rundir.run_id_from_dir(run_dir) or rundir.current_run_id()
+
+
+def preflight(argv: list[str], config_name: str = "train") -> list[str]:
+    """Check a command line before Hydra runs it; return it, rewritten for a resume."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir or args.config_path:
+        return argv
+    if args.config_name and args.config_name != config_name:
+        return argv
+    try:
+        variants = _variants(args.overrides)
+        configs = [_compose(config_name, overrides) for overrides in variants]
+        for cfg in configs:
+            validate_config(cfg)
+        cfg = configs[0]
+        if not args.multirun and cfg.get("ckpt_path") and not args.cfg:
+            resumed = _resume(cfg, list(args.overrides))
+            if resumed != list(args.overrides):
+                cfg = _compose(config_name, resumed)
+                flags = [a for a in argv if a not in args.overrides]
+                argv = [*flags, *resumed]
+        check_output_dir(Path(OmegaConf.select(cfg, "hydra.sweep.dir" if args.multirun else "hydra.run.dir")))
+    except TrimlabError as err:
+        fail(str(err), code=2)
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(_one_line(err), code=2)
+    return argv

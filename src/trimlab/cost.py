@@ -1,0 +1,149 @@
+"""The cost ledger: measured, never estimated where a measurement is possible.
+
+Train time and samples come from a callback that watches the fit; parameters, size, latency, throughput and
+FLOPs are measured on the deployable backbone after test.
+"""
+
+from __future__ import annotations
+
+import io
+import resource
+import statistics
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+
+class RunClock(pl.Callback):
+    """Train wall time, samples seen, and when the monitored val metric first reached a fraction of its best."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.train_time_s = 0.0
+        self.samples = 0
+        self.val_history: list[tuple[float, float]] = []  # (train seconds so far, metric)
+        self._started: float | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        target = batch[1]
+        self.samples += int(target.shape[0]) * trainer.world_size
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and self._started is not None and not trainer.sanity_checking:
+            self.val_history.append((self.elapsed(), float(value)))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.train_time_s = self.elapsed()
+        self._started = None
+
+    def elapsed(self) -> float:
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self.train_time_s + running
+
+    def time_to_target(self, fraction: float) -> float | None:
+        if not self.val_history:
+            return None
+        target = fraction * max(metric for _, metric in self.val_history)
+        return next(seconds for seconds, metric in self.val_history if metric >= target)
+
+    # Carried in checkpoints, so a resumed run reports the whole run's time and samples.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_time_s": self.elapsed(), "samples": self.samples, "val_history": self.val_history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_time_s = float(state_dict["train_time_s"])
+        self.samples = int(state_dict["samples"])
+        self.val_history = [tuple(item) for item in state_dict["val_history"]]
+
+
+def take(inputs: torch.Tensor | dict[str, torch.Tensor], size: int) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The first `size` samples of a batch, repeated when the batch is smaller."""
+    if isinstance(inputs, dict):
+        return {key: take(value, size) for key, value in inputs.items()}
+    repeats = -(-size // inputs.shape[0])
+    return inputs.repeat(repeats, *([1] * (inputs.dim() - 1)))[:size]
+
+
+def call(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+@torch.inference_mode()
+def time_forward(model: nn.Module, inputs, warmup: int, repeats: int) -> list[float]:
+    """Seconds per forward pass, `repeats` times after `warmup` untimed passes."""
+    for _ in range(warmup):
+        call(model, inputs)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(model, inputs)
+        timings.append(time.perf_counter() - start)
+    return timings
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def serialized_size(model: nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def count_flops(model: nn.Module, inputs) -> int | None:
+    from lightning.fabric.utilities.throughput import measure_flops
+
+    try:
+        return int(measure_flops(model, lambda: call(model, inputs)))
+    except Exception:  # noqa: BLE001 - an op without a FLOP formula must not fail the run
+        return None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(model: nn.Module, sample_inputs, clock: RunClock, cfg: Any, device: torch.device) -> dict[str, Any]:
+    """The cost block of the summary; `cfg` is the run's `cost` config."""
+    model = model.eval().to(device)
+    params = sum(p.numel() for p in model.parameters())
+    one = take(sample_inputs, cfg.latency_batch_size)
+    many = take(sample_inputs, cfg.throughput_batch_size)
+    latency = time_forward(model, one, cfg.latency_warmup, cfg.latency_repeats)
+    throughput = time_forward(model, many, 3, cfg.throughput_repeats)
+    flops = count_flops(model, one)
+    hours = clock.train_time_s / 3600
+    return {
+        "params": params,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in model.parameters())),
+        "size_bytes": serialized_size(model),
+        "train_time_s": round(clock.train_time_s, 3),
+        "train_samples": clock.samples,
+        "train_samples_per_s": round(clock.samples / clock.train_time_s, 1) if clock.train_time_s else None,
+        "time_to_target_s": clock.time_to_target(cfg.target_fraction),
+        "latency_ms_p50": round(statistics.median(latency) * 1e3, 4),
+        "latency_ms_p95": round(percentile(latency, 0.95) * 1e3, 4),
+        "latency_batch_size": cfg.latency_batch_size,
+        "latency_repeats": cfg.latency_repeats,
+        "throughput_samples_per_s": round(cfg.throughput_batch_size / statistics.median(throughput), 1),
+        "throughput_batch_size": cfg.throughput_batch_size,
+        "flops_per_sample": flops // cfg.latency_batch_size if flops else None,
+        "peak_mem_mb": round(peak_memory_mb(device), 1),
+        "threads": torch.get_num_threads(),
+        "price_per_hour": cfg.price_per_hour,
+        "price_usd": round(hours * cfg.price_per_hour, 8),
+    }

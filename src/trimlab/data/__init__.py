@@ -1,0 +1,1 @@
+"""DataModules: one per modality, each reading real datasets from their on-disk formats."""

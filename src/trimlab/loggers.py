@@ -1,0 +1,47 @@
+"""Loggers from config, W&B's offline-without-a-key rule, and the final metric/cost keys sent to each."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import sys
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def wandb_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def build_loggers(logger_cfg: DictConfig | None) -> list[Any]:
+    if not logger_cfg:
+        return []
+    if "wandb" in logger_cfg and not os.environ.get("WANDB_MODE") and not wandb_key_configured():
+        log.info("W&B: no API key configured (WANDB_API_KEY or `wandb login`), logging offline")
+        os.environ["WANDB_MODE"] = "offline"
+    return [instantiate(conf) for conf in logger_cfg.values() if conf is not None and "_target_" in conf]
+
+
+def log_final(loggers: list[Any], scores: dict[str, float], hparams: dict[str, Any], step: int) -> None:
+    """The summary's metric and cost keys, identically to every logger."""
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
+        logger.log_metrics(scores, step=step)
+        logger.save()
+
+
+def finish(loggers: list[Any], status: str) -> None:
+    for logger in loggers:
+        logger.finalize("success" if status == "completed" else "failed")
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish(exit_code=0 if status == "completed" else 1)

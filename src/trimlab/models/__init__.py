@@ -1,0 +1,1 @@
+"""Backbones: plain nn.Modules that map inputs to logits."""

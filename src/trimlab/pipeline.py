@@ -1,0 +1,130 @@
+"""One run, top to bottom: build → fit → test → measure cost → report.
+
+`train` is what `trimlab-train` runs inside its Hydra job; tests call it directly with a composed config.
+Compression stages plug in between fit and test (see `compression`); here the trained model is deployed as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from trimlab import loggers as run_loggers
+from trimlab import report
+from trimlab.checkpoints import RNGState, check_matches, load_weights, read_checkpoint
+from trimlab.cli import validate_config
+from trimlab.cost import RunClock, measure
+from trimlab.data.base import ClassificationDataModule
+from trimlab.task import ClassificationTask
+
+log = logging.getLogger(__name__)
+# `import lightning` adds its own console handler; under Hydra the root handlers already print and file-log.
+if logging.getLogger().hasHandlers():
+    logging.getLogger("lightning").handlers.clear()
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassificationTask]:
+    """DataModule first: the backbone's input shape and class count come from it."""
+    datamodule: ClassificationDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    backbone = instantiate(cfg.model, input_shape=list(datamodule.input_shape), num_classes=datamodule.num_classes)
+    task = instantiate(
+        cfg.task, backbone=backbone, num_classes=datamodule.num_classes, class_names=datamodule.class_names
+    )
+    return datamodule, task
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False)
+
+
+def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str]) -> dict[str, Any]:
+    return {
+        "status": "running",
+        "run_id": run_id,
+        "run_dir": str(run_dir.absolute()),
+        "task_name": cfg.task_name,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "overrides": overrides,
+        "config": report.redact(OmegaConf.to_container(cfg, resolve=True)),
+    }
+
+
+def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = new_summary(cfg, run_dir, run_id, overrides or [])
+    report.write_json(summary_path, summary)
+    loggers: list[Any] = []
+    try:
+        validate_config(cfg)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule, task = build(cfg)
+        loggers = run_loggers.build_loggers(cfg.get("logger"))
+        clock = RunClock(task.monitor)
+        trainer = build_trainer(cfg, [clock, RNGState()], loggers)
+        if cfg.get("ckpt_path"):
+            check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+
+        tested = test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
+        if tested:
+            load_weights(task, tested)
+        trainer.test(task, datamodule=datamodule, verbose=False)
+        if not trainer.is_global_zero:
+            return summary
+
+        sample = next(iter(datamodule.test_dataloader()))[0]
+        summary.update(
+            status="completed",
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            checkpoint=tested,
+            data={"class_names": datamodule.class_names, "input_shape": list(datamodule.input_shape)},
+            metrics=test_metrics(trainer, task),
+            cost=measure(task.backbone, sample, clock, cfg.cost, task.device),
+            env=report.environment(cfg.seed, datamodule.data_fingerprint, task.device),
+        )
+        report.save_plots(run_dir, task.test_probs, task.test_targets, datamodule.class_names)
+        run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
+    except BaseException as err:
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        report.write_json(summary_path, summary)
+        run_loggers.finish(loggers, summary["status"])
+    report.print_table(summary)
+    print(summary["run_dir"], flush=True)
+    return summary
+
+
+def test_checkpoint(trainer: pl.Trainer, which: str | None) -> str | None:
+    """The checkpoint whose weights are tested and deployed: the best by the monitored metric, last, or a path."""
+    callback = trainer.checkpoint_callback
+    if which in (None, "current"):
+        return None
+    if which in ("best", "last"):
+        path = getattr(callback, "best_model_path" if which == "best" else "last_model_path", "") if callback else ""
+        return path or None
+    return str(which)
+
+
+def test_metrics(trainer: pl.Trainer, task: ClassificationTask) -> dict[str, Any]:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    sk = task.test_report
+    metrics["sklearn"] = {k: sk[k] for k in ("acc", "precision_macro", "recall_macro", "f1_macro", "auroc_macro")}
+    metrics["per_class"] = sk["per_class"]
+    metrics["confusion_matrix"] = sk["confusion_matrix"]
+    metrics["test_samples"] = int(len(task.test_targets))
+    return metrics

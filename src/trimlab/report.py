@@ -1,0 +1,170 @@
+"""What a run leaves behind: summary.json (atomic), plots, the closing table, and the same keys for loggers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro"]
+
+
+def redact(value: Any) -> Any:
+    """A config (as plain containers) with every secret-looking key's value replaced."""
+    if isinstance(value, dict):
+        return {k: "***" if SECRET_KEY.search(str(k)) and v else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write via a temp file in the same dir and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(jsonable(payload), handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def git_commit() -> str | None:
+    source = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def environment(seed: int, data_fingerprint: str, device: Any) -> dict[str, Any]:
+    import torch
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "lightning": version("lightning"),
+        "hydra": version("hydra-core"),
+        "trimlab": version("trimlab"),
+        "git_commit": git_commit(),
+        "data_fingerprint": data_fingerprint,
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "host": platform.node(),
+    }
+
+
+def flat_scores(summary: dict) -> dict[str, float]:
+    """Scalar metrics and cost under one namespace each, as every logger receives them."""
+    scores = {k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, int | float)}
+    scores.update(
+        {f"cost/{k}": v for k, v in summary.get("cost", {}).items() if isinstance(v, int | float) and v is not None}
+    )
+    return scores
+
+
+def save_plots(run_dir: Path, probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ConfusionMatrixDisplay.from_predictions(
+        targets, probs.argmax(1), labels=list(range(len(class_names))), display_labels=class_names,
+        ax=ax, colorbar=False,
+    )
+    ax.set_title("Confusion matrix (test)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for index, name in enumerate(class_names):
+        if 0 < (targets == index).sum() < len(targets):
+            RocCurveDisplay.from_predictions(targets == index, probs[:, index], name=name, ax=ax, plot_chance_level=False)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set_title("ROC, one vs rest (test)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "roc.png", dpi=100)
+    plt.close(fig)
+
+
+def print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"trimlab run {summary['run_id']} ({summary['status']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    metrics, cost = summary.get("metrics", {}), summary.get("cost", {})
+    for key in HEADLINE:
+        if metrics.get(key) is not None:
+            table.add_row(key, f"{metrics[key]:.4f}")
+    for key, unit in [
+        ("params", ""), ("size_bytes", " B"), ("train_time_s", " s"), ("train_samples_per_s", " /s"),
+        ("latency_ms_p50", " ms"), ("latency_ms_p95", " ms"), ("throughput_samples_per_s", " /s"),
+        ("peak_mem_mb", " MB"), ("price_usd", " $"),
+    ]:
+        if cost.get(key) is not None:
+            table.add_row(key, f"{cost[key]:,}{unit}")
+    Console(stderr=False, width=100).print(table)

@@ -1,0 +1,98 @@
+"""ClassificationTask: the one LightningModule for every modality.
+
+A batch is `(inputs, target)`; `inputs` is a tensor or a dict of tensors, passed to the backbone as is (a dict
+is unpacked as keyword arguments). Modality differences live in DataModules and backbones, never here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trimlab.metrics import classification_metrics, sklearn_report
+
+
+class ClassificationTask(pl.LightningModule):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        label_smoothing: float = 0.0,
+        monitor: str = "val/acc",
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.label_smoothing, self.monitor = float(label_smoothing), monitor
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.train_metrics = classification_metrics(num_classes, "train/", with_auroc=False)
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
+        self._test_probs: list[torch.Tensor] = []
+        self._test_targets: list[torch.Tensor] = []
+        self.test_report: dict = {}
+
+    def forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.backbone(**inputs) if isinstance(inputs, dict) else self.backbone(inputs)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        inputs, target = batch
+        logits = self(inputs)
+        loss = self.loss(logits, target)
+        self.train_metrics.update(logits.detach(), target)
+        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        inputs, target = batch
+        logits = self(inputs)
+        self.log("val/loss", self.loss(logits, target), prog_bar=True, batch_size=target.shape[0])
+        self.val_metrics.update(logits, target)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.log(self.monitor, values.pop(self.monitor), prog_bar=True)
+        self.log_dict(values)
+        self.val_metrics.reset()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        inputs, target = batch
+        logits = self(inputs)
+        self.log("test/loss", self.loss(logits, target), batch_size=target.shape[0])
+        self.test_metrics.update(logits, target)
+        self._test_probs.append(logits.float().softmax(-1).cpu())
+        self._test_targets.append(target.cpu())
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+        probs, targets = torch.cat(self._test_probs), torch.cat(self._test_targets)
+        if self.trainer.world_size > 1:
+            probs = self.all_gather(probs).flatten(0, 1)
+            targets = self.all_gather(targets).flatten(0, 1)
+        self._test_probs, self._test_targets = [], []
+        self.test_probs, self.test_targets = probs.cpu().numpy(), targets.cpu().numpy()
+        self.test_report = sklearn_report(self.test_probs, self.test_targets, self.class_names)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
