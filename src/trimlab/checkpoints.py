@@ -25,8 +25,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read safely ({first_line}); it is corrupt or "
-                              "not a trimlab checkpoint") from err
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read safely ({first_line}); it is corrupt or not a trimlab checkpoint"
+        ) from err
 
 
 def check_matches(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -45,8 +46,11 @@ def check_matches(model: nn.Module, state_dict: dict[str, torch.Tensor], source:
     def head(keys: list[str]) -> str:
         return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
-    parts = [f"missing: {head(missing)}" if missing else "", f"unexpected: {head(unexpected)}" if unexpected else "",
-             f"shape mismatch: {head(reshaped)}" if reshaped else ""]
+    parts = [
+        f"missing: {head(missing)}" if missing else "",
+        f"unexpected: {head(unexpected)}" if unexpected else "",
+        f"shape mismatch: {head(reshaped)}" if reshaped else "",
+    ]
     raise CheckpointError(
         f"checkpoint {source} does not match the model ({'; '.join(p for p in parts if p)}); use the checkpoint "
         "of a run with the same model config"

@@ -99,6 +99,17 @@ def check_output_dir(path: Path) -> None:
         )
 
 
+def check_run_dir(cfg: DictConfig) -> None:
+    """trimlab-eval / trimlab-predict: the required arguments, and a run dir that holds a saved config."""
+    app = f"trimlab-{cfg.hydra.job.name}"
+    for key in ("run_dir", "inputs"):
+        if key in cfg and OmegaConf.is_missing(cfg, key):
+            raise ConfigError(f"{key} is required: {app} {key}=<path> (see {app} --help)")
+    run_dir = Path(cfg.run_dir)
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a trimlab run dir (no .hydra/config.yaml); pass run_dir=<a run's dir>")
+
+
 def _resume(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """Overrides that resume the run a checkpoint belongs to: its saved overrides, then the user's."""
     ckpt = str(cfg.ckpt_path)
@@ -146,6 +157,7 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
     """Check a command line before Hydra runs it; return it, rewritten for a resume."""
     from hydra._internal.utils import get_args_parser
 
+    rundir.register_resolvers()
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir or args.config_path:
         return argv
@@ -157,6 +169,8 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
         for cfg in configs:
             validate_config(cfg)
         cfg = configs[0]
+        if "run_dir" in cfg:
+            check_run_dir(cfg)
         if not args.multirun and cfg.get("ckpt_path") and not args.cfg:
             resumed = _resume(cfg, list(args.overrides))
             if resumed != list(args.overrides):

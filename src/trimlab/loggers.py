@@ -29,6 +29,9 @@ def build_loggers(logger_cfg: DictConfig | None) -> list[Any]:
     if "wandb" in logger_cfg and not os.environ.get("WANDB_MODE") and not wandb_key_configured():
         log.info("W&B: no API key configured (WANDB_API_KEY or `wandb login`), logging offline")
         os.environ["WANDB_MODE"] = "offline"
+    mlflow_uri = str((logger_cfg.get("mlflow") or {}).get("tracking_uri", ""))
+    if mlflow_uri.startswith("file:"):  # a file store in the run dir is the point: opt out of MLflow's refusal
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return [instantiate(conf) for conf in logger_cfg.values() if conf is not None and "_target_" in conf]
 
 

@@ -44,10 +44,12 @@ def sklearn_report(probs: np.ndarray, targets: np.ndarray, class_names: list[str
     precision, recall, f1, _ = precision_recall_fscore_support(
         targets, preds, labels=labels, average="macro", zero_division=0
     )
+    scores = probs.astype(np.float64)
     try:
-        auroc = float(
-            roc_auc_score(targets, probs.astype(np.float64), multi_class="ovr", average="macro", labels=labels)
-        )
+        if len(labels) == 2:  # one-vs-rest AUROC of either class is the binary AUROC
+            auroc = float(roc_auc_score(targets, scores[:, 1]))
+        else:
+            auroc = float(roc_auc_score(targets, scores, multi_class="ovr", average="macro", labels=labels))
     except ValueError:  # a class absent from the test targets: ROC AUC is undefined for it
         auroc = float("nan")
     return {

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trimlab import loggers as run_loggers
-from trimlab import report
+from trimlab import report, rundir
 from trimlab.checkpoints import RNGState, check_matches, load_weights, read_checkpoint
 from trimlab.cli import validate_config
 from trimlab.cost import RunClock, measure
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # `import lightning` adds its own console handler; under Hydra the root handlers already print and file-log.
 if logging.getLogger().hasHandlers():
     logging.getLogger("lightning").handlers.clear()
+# In-memory tensors: loader workers would only add start-up time.
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
@@ -47,6 +49,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], loggers: 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     return instantiate(cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False)
 
 
@@ -64,6 +68,7 @@ def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str
 
 def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    rundir.set_run_id(run_id)  # `${run_id:}` in the config (W&B id, run name) resolves to this run's id
     summary_path = run_dir / "summary.json"
     summary = new_summary(cfg, run_dir, run_id, overrides or [])
     report.write_json(summary_path, summary)

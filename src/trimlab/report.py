@@ -43,29 +43,32 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same dir and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(jsonable(payload), handle, indent=2, sort_keys=False)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def write_json(path: Path, payload: dict) -> None:
+    write_text(path, json.dumps(jsonable(payload), indent=2) + "\n")
+
+
 def git_commit() -> str | None:
     source = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -130,8 +133,12 @@ def save_plots(run_dir: Path, probs: np.ndarray, targets: np.ndarray, class_name
 
     fig, ax = plt.subplots(figsize=(6, 6))
     ConfusionMatrixDisplay.from_predictions(
-        targets, probs.argmax(1), labels=list(range(len(class_names))), display_labels=class_names,
-        ax=ax, colorbar=False,
+        targets,
+        probs.argmax(1),
+        labels=list(range(len(class_names))),
+        display_labels=class_names,
+        ax=ax,
+        colorbar=False,
     )
     ax.set_title("Confusion matrix (test)")
     fig.tight_layout()
@@ -141,7 +148,9 @@ def save_plots(run_dir: Path, probs: np.ndarray, targets: np.ndarray, class_name
     fig, ax = plt.subplots(figsize=(6, 6))
     for index, name in enumerate(class_names):
         if 0 < (targets == index).sum() < len(targets):
-            RocCurveDisplay.from_predictions(targets == index, probs[:, index], name=name, ax=ax, plot_chance_level=False)
+            RocCurveDisplay.from_predictions(
+                targets == index, probs[:, index], name=name, ax=ax, plot_chance_level=False
+            )
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     ax.set_title("ROC, one vs rest (test)")
     fig.tight_layout()
@@ -161,9 +170,15 @@ def print_table(summary: dict) -> None:
         if metrics.get(key) is not None:
             table.add_row(key, f"{metrics[key]:.4f}")
     for key, unit in [
-        ("params", ""), ("size_bytes", " B"), ("train_time_s", " s"), ("train_samples_per_s", " /s"),
-        ("latency_ms_p50", " ms"), ("latency_ms_p95", " ms"), ("throughput_samples_per_s", " /s"),
-        ("peak_mem_mb", " MB"), ("price_usd", " $"),
+        ("params", ""),
+        ("size_bytes", " B"),
+        ("train_time_s", " s"),
+        ("train_samples_per_s", " /s"),
+        ("latency_ms_p50", " ms"),
+        ("latency_ms_p95", " ms"),
+        ("throughput_samples_per_s", " /s"),
+        ("peak_mem_mb", " MB"),
+        ("price_usd", " $"),
     ]:
         if cost.get(key) is not None:
             table.add_row(key, f"{cost[key]:,}{unit}")

@@ -8,7 +8,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 
-def cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.0, min_lr_ratio: float = 0.0) -> LRScheduler:
+def cosine(
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.0, min_lr_ratio: float = 0.0
+) -> LRScheduler:
     warmup = int(total_steps * warmup_fraction)
 
     def factor(step: int) -> float:

@@ -44,18 +44,14 @@ def check_fraction(name: str, value: float) -> float:
     return float(value)
 
 
-def stratified_split(
-    labels: np.ndarray, fractions: Sequence[float], seed: int
-) -> list[np.ndarray]:
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Indices for [train, *holdouts]: each holdout takes its fraction of the whole set, class-balanced."""
     remaining = np.arange(len(labels))
     holdouts = []
     left = 1.0
     for fraction in fractions:
         share = fraction / left
-        remaining, holdout = train_test_split(
-            remaining, test_size=share, stratify=labels[remaining], random_state=seed
-        )
+        remaining, holdout = train_test_split(remaining, test_size=share, stratify=labels[remaining], random_state=seed)
         holdouts.append(np.sort(holdout))
         left -= fraction
     return [np.sort(remaining), *holdouts]

@@ -1,0 +1,102 @@
+"""trimlab-eval: re-test a finished run from its saved config and checkpoint, and check it reproduces."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from trimlab import rundir
+from trimlab.cli import config_dir, preflight
+from trimlab.errors import CheckpointError, TrimlabError, fail, full_errors
+
+HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro"]
+
+
+def load_run(run_dir: Path, data_root: str | None = None) -> tuple[DictConfig, dict[str, Any]]:
+    """A run's saved config (re-pointed at its own dir) and its summary."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.paths.output_dir = str(run_dir)
+    if data_root:
+        cfg.paths.data_root = data_root
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    rundir.set_run_id(summary.get("run_id") or rundir.run_id_from_dir(run_dir))
+    return cfg, summary
+
+
+def checkpoint_path(run_dir: Path, which: str, summary: dict[str, Any]) -> Path:
+    if which == "best":
+        path = Path(summary.get("checkpoint") or run_dir / "checkpoints" / "best.ckpt")
+    elif which == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(which)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt=best, ckpt=last or ckpt=<file>")
+    return path
+
+
+def evaluate(run_dir: Path, ckpt: str = "best", data_root: str | None = None) -> dict[str, Any]:
+    import lightning.pytorch as pl
+
+    from trimlab.checkpoints import load_weights
+    from trimlab.pipeline import build, test_metrics
+    from trimlab.report import write_json
+
+    cfg, summary = load_run(run_dir, data_root)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, task = build(cfg)
+    path = checkpoint_path(run_dir, ckpt, summary)
+    load_weights(task, path)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        deterministic=cfg.trainer.deterministic,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.test(task, datamodule=datamodule, verbose=False)
+    metrics = test_metrics(trainer, task)
+    trained = summary.get("metrics", {})
+    diffs = {k: abs(metrics[k] - trained[k]) for k in HEADLINE if k in metrics and trained.get(k) is not None}
+    result = {
+        "run_id": summary.get("run_id"),
+        "checkpoint": str(path),
+        "metrics": metrics,
+        "summary_metrics": {k: trained.get(k) for k in HEADLINE},
+        "max_abs_diff": max(diffs.values()) if diffs else None,
+        "reproduces": bool(diffs) and max(diffs.values()) == 0.0,
+    }
+    write_json(run_dir / "eval.json", result)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def run(cfg: DictConfig) -> None:
+    try:
+        result = evaluate(Path(cfg.run_dir), str(cfg.ckpt), cfg.data_root)
+    except TrimlabError as err:
+        if full_errors():
+            raise
+        fail(str(err))
+    for key in HEADLINE:
+        print(f"{key:22s} {result['metrics'][key]:.6f}  (summary: {result['summary_metrics'][key]})")
+    print(f"reproduces the run's summary: {result['reproduces']} (max abs diff {result['max_abs_diff']})")
+    print(Path(cfg.run_dir).absolute() / "eval.json", flush=True)
+
+
+def main() -> None:
+    rundir.register_resolvers()
+    sys.argv = [sys.argv[0], *preflight(sys.argv[1:], "eval")]
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Bad input: one `trimlab: error:` line, a non-zero exit, and no summary saying completed.
+
+Config checks run before Lightning is imported, so most cases call the preflight in-process; the rest go
+through the real CLI to show the exit code and stderr a user sees.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import assert_clear_error, run_cli
+from trimlab.cli import preflight
+
+
+def preflight_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        preflight(list(args))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trimlab: error: ")
+    return lines[0]
+
+
+def test_unknown_group_option_lists_the_available_ones(capsys):
+    line = preflight_error(capsys, "model=transformerx")
+    assert "'transformerx'" in line and "cnn" in line and "resnet" in line
+
+
+def test_unknown_option_inside_a_sweep(capsys):
+    line = preflight_error(capsys, "-m", "model=cnn,nope")
+    assert "'nope'" in line
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("task.optimizer.lr=0", "task.optimizer.lr"),
+        ("task.optimizer.lr=-0.1", "task.optimizer.lr"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("data.test_fraction=0", "data.test_fraction"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs"),
+    ],
+)
+def test_out_of_range_values_fail_before_training(capsys, override, key):
+    assert key in preflight_error(capsys, override)
+
+
+def test_unknown_key_is_one_line(capsys):
+    assert "trainer.nonsense" in preflight_error(capsys, "trainer.nonsense=1")
+
+
+def test_unwritable_output_dir(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    line = preflight_error(capsys, f"paths.output_root={blocker}/outputs")
+    assert "paths.output_root" in line and str(blocker) in line
+
+
+def test_resume_without_a_run(capsys, tmp_path):
+    assert "last.ckpt" in preflight_error(capsys, "ckpt_path=last", f"paths.output_root={tmp_path}")
+
+
+def test_valid_command_line_passes_unchanged():
+    assert preflight(["model=resnet", "trainer.max_epochs=1"]) == ["model=resnet", "trainer.max_epochs=1"]
+
+
+@pytest.mark.slow
+def test_cli_unknown_option_exit_code(tmp_path):
+    result = run_cli("data=imagenet", cwd=tmp_path)
+    assert_clear_error(result, "'imagenet'", "digits", "mnist")
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_cli_missing_dataset(tmp_path):
+    result = run_cli("data=mnist", f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert_clear_error(result, str(tmp_path / "nowhere" / "MNIST" / "raw"), "TRIMLAB_DATA")
+    summaries = list((tmp_path / "outputs").rglob("summary.json"))
+    assert len(summaries) == 1
+    assert json.loads(summaries[0].read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_cli_corrupt_idx_file(tmp_path, tiny_mnist):
+    labels = tiny_mnist / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:30])
+    result = run_cli("data=mnist", f"data.root={tiny_mnist}", cwd=tmp_path)
+    assert_clear_error(result, "train-labels-idx1-ubyte.gz", "corrupt or truncated")
+    summary = json.loads(next((tmp_path / "outputs").rglob("summary.json")).read_text())
+    assert summary["status"] == "failed" and "corrupt" in summary["error"]

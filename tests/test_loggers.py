@@ -1,0 +1,67 @@
+"""The same metric and cost keys reach every logger; W&B goes offline at once without an API key."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_train
+from trimlab.pipeline import train
+
+
+@pytest.mark.slow
+def test_many_loggers_receive_the_summary_keys(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no key anywhere
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run_dir = tmp_path / "run"
+    cfg = compose_train("logger=many", "trainer.max_epochs=1", "callbacks.progress_bar=null", output_dir=run_dir)
+    summary = train(cfg, run_dir, "abcd1234")
+    assert os.environ["WANDB_MODE"] == "offline"
+    expected = {"test/acc", "test/f1_macro", "cost/params", "cost/latency_ms_p50", "cost/price_usd"}
+
+    with (run_dir / "csv" / "metrics.csv").open() as handle:
+        assert expected <= set(csv.DictReader(handle).fieldnames)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert expected <= set(events.Tags()["scalars"])
+
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*-abcd1234"))
+    assert len(offline_runs) == 1  # the run id is the W&B id
+    assert list(offline_runs[0].glob("*.wandb"))
+
+    metric_dirs = list((run_dir / "mlruns").glob("*/*/metrics"))
+    assert len(metric_dirs) == 1
+    assert {"test/acc", "cost/params"} <= {
+        str(p.relative_to(metric_dirs[0])) for p in metric_dirs[0].rglob("*") if p.is_file()
+    }
+    assert summary["status"] == "completed"
+
+
+def test_secrets_never_reach_the_saved_config(tmp_path):
+    from trimlab.report import redact
+
+    config = {"logger": {"wandb": {"api_key": "sk-123", "project": "p"}}, "token": "t", "empty_token": None}
+    clean = redact(config)
+    assert clean["logger"]["wandb"] == {"api_key": "***", "project": "p"}
+    assert clean["token"] == "***" and clean["empty_token"] is None
+    assert "sk-123" not in str(clean)
+
+
+def test_wandb_key_detection(tmp_path, monkeypatch):
+    from trimlab.loggers import wandb_key_configured
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    assert not wandb_key_configured()
+    Path(tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    os.chmod(tmp_path / ".netrc", 0o600)
+    assert wandb_key_configured()
