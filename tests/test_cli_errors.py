@@ -92,3 +92,29 @@ def test_cli_corrupt_idx_file(tmp_path, tiny_mnist):
     assert_clear_error(result, "train-labels-idx1-ubyte.gz", "corrupt or truncated")
     summary = json.loads(next((tmp_path / "outputs").rglob("summary.json")).read_text())
     assert summary["status"] == "failed" and "corrupt" in summary["error"]
+
+
+def test_fractions_that_leave_no_train_set(capsys):
+    assert "sum to less than 1" in preflight_error(capsys, "data.val_fraction=0.5", "data.test_fraction=0.5")
+
+
+def test_required_value_not_set(capsys):
+    assert "data.folder" in preflight_error(capsys, "data=image_folder")
+
+
+def test_resume_inside_a_sweep_is_refused(capsys):
+    assert "ckpt_path=last" in preflight_error(capsys, "-m", "ckpt_path=last", "model=cnn,resnet")
+
+
+def test_full_error_keeps_the_exception(monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(Exception, match="max_epochs"):
+        preflight(["trainer.max_epochs=0"])
+
+
+@pytest.mark.slow
+def test_cli_help_lists_groups_and_options(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for line in ("data: digits, image_folder, mnist", "model: cnn, resnet", "logger: csv, many, mlflow"):
+        assert line in result.stdout

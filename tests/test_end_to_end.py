@@ -97,8 +97,11 @@ def test_summary_has_metrics_cost_and_env(digits_run):
 
 
 def test_table_printed_before_the_run_dir(digits_run):
-    _, result = digits_run
-    assert "test/acc" in result.stdout and "latency_ms_p50" in result.stdout
+    run_dir, result = digits_run
+    lines = result.stdout.strip().splitlines()
+    table = next(i for i, line in enumerate(lines) if "test/acc" in line)
+    assert any("latency_ms_p50" in line for line in lines[table:])
+    assert lines[-1] == str(run_dir) and table < len(lines) - 1
 
 
 def test_eval_reproduces_the_summary(digits_run):
@@ -111,6 +114,18 @@ def test_eval_reproduces_the_summary(digits_run):
         assert evaluation["metrics"][key] == summary["metrics"][key], key
     assert evaluation["reproduces"] is True
     assert result.stdout.strip().splitlines()[-1] == str(run_dir / "eval.json")
+    assert summary["checkpoint"] == "checkpoints/best.ckpt"  # relative: the run dir can move
+
+
+def test_eval_of_a_moved_run_dir(digits_run, tmp_path):
+    import shutil
+
+    run_dir, _ = digits_run
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    result = run_cli(f"run_dir={moved}", "ckpt=last", cwd=tmp_path, script="trimlab-eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((moved / "eval.json").read_text())["checkpoint"] == str(moved / "checkpoints" / "last.ckpt")
 
 
 def test_predict_npy_and_images(digits_run, tmp_path):
@@ -136,10 +151,12 @@ def test_predict_npy_and_images(digits_run, tmp_path):
     folder = tmp_path / "pngs"
     folder.mkdir()
     for index in range(3):
-        Image.fromarray((digits.images[index] * 16).astype(np.uint8)).resize((32, 32)).save(folder / f"{index}.png")
+        Image.fromarray((digits.images[index] * 15).astype(np.uint8)).resize((32, 32)).save(folder / f"{index}.png")
     result = run_cli(f"run_dir={run_dir}", f"inputs={folder}", cwd=tmp_path, script="trimlab-predict")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list(csv.DictReader((run_dir / "predictions.csv").open()))) == 3
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    assert [Path(r["input"]).name for r in rows] == ["0.png", "1.png", "2.png"]
+    assert sum(int(r["class_index"]) == t for r, t in zip(rows, digits.target[:3], strict=True)) >= 2
 
 
 def test_sweep_gives_one_completed_run_per_job(sweep_runs):
@@ -159,6 +176,14 @@ def test_checkpoint_of_another_model_is_refused(sweep_runs):
     other = resnet / "checkpoints" / "best.ckpt"
     result = run_cli(f"run_dir={cnn}", f"ckpt={other}", cwd=cnn, script="trimlab-eval")
     assert_clear_error(result, "does not match the model", "backbone.")
+
+
+def test_resume_with_a_checkpoint_of_another_model(sweep_runs, tmp_path):
+    cnn, resnet = sorted(sweep_runs, key=lambda d: "ResNet" in (d / ".hydra" / "config.yaml").read_text())
+    before = {name: (resnet / name).read_bytes() for name in ("summary.json", ".hydra/config.yaml")}
+    result = run_cli(f"ckpt_path={resnet / 'checkpoints' / 'last.ckpt'}", "model=cnn", cwd=tmp_path)
+    assert_clear_error(result, "does not match the model")
+    assert {name: (resnet / name).read_bytes() for name in before} == before
 
 
 def test_corrupt_checkpoint_is_refused(sweep_runs, tmp_path):

@@ -14,7 +14,8 @@ from trimlab.pipeline import train
 
 @pytest.mark.slow
 def test_many_loggers_receive_the_summary_keys(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "unset-after-test")  # restored on teardown, whatever the run sets
+    monkeypatch.delenv("WANDB_MODE")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no key anywhere
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -36,6 +37,8 @@ def test_many_loggers_receive_the_summary_keys(tmp_path, monkeypatch):
     offline_runs = list((run_dir / "wandb").glob("offline-run-*-abcd1234"))
     assert len(offline_runs) == 1  # the run id is the W&B id
     assert list(offline_runs[0].glob("*.wandb"))
+    records = next(offline_runs[0].glob("*.wandb")).read_bytes()  # offline: the history records, unsynced
+    assert all(key.encode() in records for key in expected)
 
     metric_dirs = list((run_dir / "mlruns").glob("*/*/metrics"))
     assert len(metric_dirs) == 1

@@ -39,3 +39,9 @@ def test_backbones_learn_a_batch():
             loss.backward()
             optimizer.step()
         assert loss.item() < 0.2
+
+
+def test_cnn_pooled_head_keeps_layout():
+    model = SmallCNN((1, 28, 28), num_classes=10, widths=[8, 16, 32], pool_to=2)
+    assert model.head[-1].in_features == 32 * 4
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)

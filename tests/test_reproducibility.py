@@ -59,3 +59,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     for key in HEADLINE:
         assert resumed_summary["metrics"][key] == whole_summary["metrics"][key], key
     assert resumed_summary["cost"]["train_samples"] == whole_summary["cost"]["train_samples"]
+
+
+def test_monitoring_val_loss_keeps_the_lowest(tmp_path):
+    cfg = compose_train(
+        "task.monitor=val/loss", "task.monitor_mode=min", "callbacks.progress_bar=null", output_dir=tmp_path
+    )
+    summary = train(cfg, tmp_path, "loss0000")
+    assert summary["status"] == "completed" and summary["checkpoint"] == "checkpoints/best.ckpt"

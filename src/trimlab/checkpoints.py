@@ -84,7 +84,9 @@ class RNGState(pl.Callback):
             "python_gauss": random.getstate()[2],
             "numpy_keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
             "numpy_pos": int(numpy_state[2]),
+            "numpy_gauss": [int(numpy_state[3]), float(numpy_state[4])],
             "torch": torch.get_rng_state(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -95,5 +97,10 @@ class RNGState(pl.Callback):
         if state is None:
             return
         random.setstate((3, tuple(state["python"]), state["python_gauss"]))
-        np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+        has_gauss, cached = state["numpy_gauss"]
+        np.random.set_state(
+            ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached)
+        )
+        if torch.cuda.is_available() and "cuda" in state:
+            torch.cuda.set_rng_state_all(state["cuda"])
         torch.set_rng_state(state["torch"])

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import rundir
-from trimlab.errors import ConfigError, TrimlabError, fail
+from trimlab.errors import ConfigError, TrimlabError, fail, full_errors
 
 
 def config_dir() -> str:
@@ -46,10 +46,18 @@ def validate_config(cfg: DictConfig) -> None:
         value = _number(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be >= 1; set {key}=<positive int>")
+    fractions = {}
     for key in [k for k in (cfg.get("data") or {}) if str(k).endswith("_fraction")]:
-        value = _number(cfg, f"data.{key}")
+        value = fractions[f"data.{key}"] = _number(cfg, f"data.{key}")
         if value is not None and not 0 < value < 1:
             raise ConfigError(f"data.{key}={value} is outside (0, 1); set data.{key}=<fraction, e.g. 0.1>")
+    if sum(v for v in fractions.values() if v) >= 1:
+        listed = " + ".join(f"{k}={v}" for k, v in fractions.items())
+        raise ConfigError(f"{listed} leaves nothing to train on; make the held-out fractions sum to less than 1")
+    for group in ("data", "model", "task"):
+        missing = sorted(OmegaConf.missing_keys(cfg[group])) if cfg.get(group) is not None else []
+        if missing:
+            raise ConfigError(f"{group}.{missing[0]} is required and not set; pass {group}.{missing[0]}=<value>")
     price = _number(cfg, "cost.price_per_hour")
     if price is not None and price < 0:
         raise ConfigError(f"cost.price_per_hour={price} must be >= 0")
@@ -122,7 +130,7 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> list[str]:
             run_dir = rundir.latest_run_dir(task_dir)
             if run_dir is None:
                 raise ConfigError(
-                    f"ckpt_path=last: no run with checkpoints/last.ckpt under {task_dir}; "
+                    f"ckpt_path=last: no unfinished run with checkpoints/last.ckpt under {task_dir}; "
                     "name the run with hydra.run.dir=<run dir> or pass ckpt_path=<file>"
                 )
         checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -138,7 +146,9 @@ def _resume(cfg: DictConfig, overrides: list[str]) -> list[str]:
     drop = ("ckpt_path=", "hydra.run.dir=")
     previous = [o for o in OmegaConf.load(saved) if not str(o).startswith(drop)]
     mine = [o for o in overrides if not o.startswith(drop)]
-    return [*previous, *mine, f"ckpt_path={checkpoint.absolute()}", f"hydra.run.dir={run_dir.absolute()}"]
+    # The run keeps its .hydra/ as first written: what it was started with, and what the next resume replays.
+    resume = [f"ckpt_path={checkpoint.absolute()}", f"hydra.run.dir={run_dir.absolute()}", "hydra.output_subdir=null"]
+    return [*previous, *mine, *resume]
 
 
 def _saved_run_id(run_dir: Path) -> str:
@@ -171,6 +181,8 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
         cfg = configs[0]
         if "run_dir" in cfg:
             check_run_dir(cfg)
+        if args.multirun and cfg.get("ckpt_path") == "last":
+            raise ConfigError("ckpt_path=last resumes one run; drop -m, or give each job its own ckpt_path=<file>")
         if not args.multirun and cfg.get("ckpt_path") and not args.cfg:
             resumed = _resume(cfg, list(args.overrides))
             if resumed != list(args.overrides):
@@ -178,8 +190,8 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
                 flags = [a for a in argv if a not in args.overrides]
                 argv = [*flags, *resumed]
         check_output_dir(Path(OmegaConf.select(cfg, "hydra.sweep.dir" if args.multirun else "hydra.run.dir")))
-    except TrimlabError as err:
-        fail(str(err), code=2)
-    except (HydraException, OmegaConfBaseException) as err:
+    except (TrimlabError, HydraException, OmegaConfBaseException) as err:
+        if full_errors():
+            raise
         fail(_one_line(err), code=2)
     return argv

@@ -24,14 +24,17 @@ def load_run(run_dir: Path, data_root: str | None = None) -> tuple[DictConfig, d
     if data_root:
         cfg.paths.data_root = data_root
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError as err:
+        raise TrimlabError(f"{summary_path} is corrupt ({err}); restore it or re-run the training") from err
     rundir.set_run_id(summary.get("run_id") or rundir.run_id_from_dir(run_dir))
     return cfg, summary
 
 
 def checkpoint_path(run_dir: Path, which: str, summary: dict[str, Any]) -> Path:
     if which == "best":
-        path = Path(summary.get("checkpoint") or run_dir / "checkpoints" / "best.ckpt")
+        path = run_dir / (summary.get("checkpoint") or "checkpoints/best.ckpt")  # relative: run dirs move
     elif which == "last":
         path = run_dir / "checkpoints" / "last.ckpt"
     else:
@@ -43,6 +46,7 @@ def checkpoint_path(run_dir: Path, which: str, summary: dict[str, Any]) -> Path:
 
 def evaluate(run_dir: Path, ckpt: str = "best", data_root: str | None = None) -> dict[str, Any]:
     import lightning.pytorch as pl
+    from hydra.utils import instantiate
 
     from trimlab.checkpoints import load_weights
     from trimlab.pipeline import build, test_metrics
@@ -53,14 +57,17 @@ def evaluate(run_dir: Path, ckpt: str = "best", data_root: str | None = None) ->
     datamodule, task = build(cfg)
     path = checkpoint_path(run_dir, ckpt, summary)
     load_weights(task, path)
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
+    # The run's own trainer settings (precision, test batch limits...) on one device, without its side effects.
+    trainer = instantiate(
+        cfg.trainer,
+        strategy="auto",
         devices=1,
-        precision=cfg.trainer.precision,
-        deterministic=cfg.trainer.deterministic,
+        num_nodes=1,
         logger=False,
+        callbacks=[],
         enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(run_dir),
     )
     trainer.test(task, datamodule=datamodule, verbose=False)
     metrics = test_metrics(trainer, task)

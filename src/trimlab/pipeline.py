@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import loggers as run_loggers
 from trimlab import report, rundir
@@ -22,6 +24,7 @@ from trimlab.checkpoints import RNGState, check_matches, load_weights, read_chec
 from trimlab.cli import validate_config
 from trimlab.cost import RunClock, measure
 from trimlab.data.base import ClassificationDataModule
+from trimlab.errors import ConfigError, TrimlabError
 from trimlab.task import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -33,15 +36,23 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
+def make(node: DictConfig, **kwargs: Any) -> Any:
+    """`instantiate`, but a trimlab error raised by the target reaches the user as itself, not wrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, TrimlabError):
+            raise err.__cause__ from None
+        raise
+
+
 def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassificationTask]:
     """DataModule first: the backbone's input shape and class count come from it."""
-    datamodule: ClassificationDataModule = instantiate(cfg.data)
+    datamodule: ClassificationDataModule = make(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    backbone = instantiate(cfg.model, input_shape=list(datamodule.input_shape), num_classes=datamodule.num_classes)
-    task = instantiate(
-        cfg.task, backbone=backbone, num_classes=datamodule.num_classes, class_names=datamodule.class_names
-    )
+    backbone = make(cfg.model, input_shape=list(datamodule.input_shape), num_classes=datamodule.num_classes)
+    task = make(cfg.task, backbone=backbone, num_classes=datamodule.num_classes, class_names=datamodule.class_names)
     return datamodule, task
 
 
@@ -55,6 +66,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], loggers: 
 
 
 def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str]) -> dict[str, Any]:
+    try:
+        config = report.redact(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"the config does not resolve: {' '.join(str(err).split())}") from err
     return {
         "status": "running",
         "run_id": run_id,
@@ -62,7 +77,7 @@ def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str
         "task_name": cfg.task_name,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "overrides": overrides,
-        "config": report.redact(OmegaConf.to_container(cfg, resolve=True)),
+        "config": config,
     }
 
 
@@ -70,36 +85,42 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
     run_dir = Path(run_dir)
     rundir.set_run_id(run_id)  # `${run_id:}` in the config (W&B id, run name) resolves to this run's id
     summary_path = run_dir / "summary.json"
-    summary = new_summary(cfg, run_dir, run_id, overrides or [])
-    report.write_json(summary_path, summary)
-    loggers: list[Any] = []
+    summary: dict[str, Any] = {"status": "failed", "run_id": run_id, "run_dir": str(run_dir.absolute())}
+    # A resume that fails before training starts (e.g. a checkpoint of another model) leaves the run's record as is.
+    started, writer, loggers = False, True, []
     try:
+        summary = new_summary(cfg, run_dir, run_id, overrides or [])
         validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, task = build(cfg)
+        if cfg.get("ckpt_path"):
+            check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
         loggers = run_loggers.build_loggers(cfg.get("logger"))
         clock = RunClock(task.monitor)
         trainer = build_trainer(cfg, [clock, RNGState()], loggers)
-        if cfg.get("ckpt_path"):
-            check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
+        writer = trainer.is_global_zero
+        started = True
+        if writer:
+            report.write_json(summary_path, summary)
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
 
         tested = test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
         if tested:
             load_weights(task, tested)
         trainer.test(task, datamodule=datamodule, verbose=False)
-        if not trainer.is_global_zero:
+        if not writer:
             return summary
 
         sample = next(iter(datamodule.test_dataloader()))[0]
         summary.update(
             status="completed",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            checkpoint=tested,
+            checkpoint=str(Path(tested).absolute().relative_to(run_dir.absolute())) if tested else None,
             data={"class_names": datamodule.class_names, "input_shape": list(datamodule.input_shape)},
             metrics=test_metrics(trainer, task),
-            cost=measure(task.backbone, sample, clock, cfg.cost, task.device),
-            env=report.environment(cfg.seed, datamodule.data_fingerprint, task.device),
+            cost=measure(task.backbone, sample, clock, cfg.cost, device),
+            env=report.environment(cfg.seed, datamodule.data_fingerprint, device),
         )
         report.save_plots(run_dir, task.test_probs, task.test_targets, datamodule.class_names)
         run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
@@ -107,7 +128,9 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
         raise
     finally:
-        report.write_json(summary_path, summary)
+        resumed_before_start = not started and summary_path.exists() and cfg.get("ckpt_path")
+        if writer and not resumed_before_start:
+            report.write_json(summary_path, summary)
         run_loggers.finish(loggers, summary["status"])
     report.print_table(summary)
     print(summary["run_dir"], flush=True)

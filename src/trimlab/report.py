@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|(^|_)token)$", re.IGNORECASE)
 HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro"]
 
 
@@ -50,6 +50,9 @@ def write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ when it creates the dir; the id is cached until the job ends, so every later loo
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from pathlib import Path
@@ -43,9 +44,21 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", current_run_id)
 
 
+def finished(run_dir: Path) -> bool:
+    summary = run_dir / "summary.json"
+    try:
+        return summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
+    except ValueError:
+        return False
+
+
 def latest_run_dir(task_dir: Path) -> Path | None:
-    """The newest run under `task_dir` that has a last checkpoint to resume from."""
-    candidates = [p for p in task_dir.glob("*/checkpoints/last.ckpt") if RUN_DIR_PATTERN.match(p.parents[1].name)]
+    """The newest unfinished run under `task_dir` that has a last checkpoint to resume from."""
+    candidates = [
+        p
+        for p in task_dir.glob("*/checkpoints/last.ckpt")
+        if RUN_DIR_PATTERN.match(p.parents[1].name) and not finished(p.parents[1])
+    ]
     return max(candidates, key=lambda p: p.parents[1].name).parents[1] if candidates else None
 
 

@@ -26,13 +26,14 @@ class ClassificationTask(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         label_smoothing: float = 0.0,
         monitor: str = "val/acc",
+        monitor_mode: str = "max",
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.label_smoothing, self.monitor = float(label_smoothing), monitor
+        self.label_smoothing, self.monitor, self.monitor_mode = float(label_smoothing), monitor, monitor_mode
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.train_metrics = classification_metrics(num_classes, "train/", with_auroc=False)
         self.val_metrics = classification_metrics(num_classes, "val/")
@@ -51,7 +52,7 @@ class ClassificationTask(pl.LightningModule):
         inputs, target = batch
         logits = self(inputs)
         loss = self.loss(logits, target)
-        self.train_metrics.update(logits.detach(), target)
+        self.train_metrics.update(logits.detach().softmax(-1), target)
         self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
         return loss
 
@@ -63,11 +64,12 @@ class ClassificationTask(pl.LightningModule):
         inputs, target = batch
         logits = self(inputs)
         self.log("val/loss", self.loss(logits, target), prog_bar=True, batch_size=target.shape[0])
-        self.val_metrics.update(logits, target)
+        self.val_metrics.update(logits.softmax(-1), target)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
-        self.log(self.monitor, values.pop(self.monitor), prog_bar=True)
+        if self.monitor in values:
+            self.log(self.monitor, values.pop(self.monitor), prog_bar=True)
         self.log_dict(values)
         self.val_metrics.reset()
 
@@ -75,8 +77,9 @@ class ClassificationTask(pl.LightningModule):
         inputs, target = batch
         logits = self(inputs)
         self.log("test/loss", self.loss(logits, target), batch_size=target.shape[0])
-        self.test_metrics.update(logits, target)
-        self._test_probs.append(logits.float().softmax(-1).cpu())
+        probs = logits.float().softmax(-1)
+        self.test_metrics.update(probs, target)
+        self._test_probs.append(probs.cpu())
         self._test_targets.append(target.cpu())
 
     def on_test_epoch_end(self) -> None:

@@ -27,12 +27,14 @@ def run(cfg: DictConfig) -> None:
         from trimlab.pipeline import train
 
         train(cfg, run_dir, rundir.current_run_id(), overrides=list(hydra_cfg.overrides.task))
-    except TrimlabError as err:
-        if full_errors():
-            raise
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+    except Exception as err:
+        sweep = hydra_cfg.mode == RunMode.MULTIRUN
+        if full_errors() or not (sweep or isinstance(err, TrimlabError)):
+            raise  # a bug, outside a sweep: keep its traceback
+        if not sweep:
             fail(str(err))
-        log.error("job %s failed: %s", run_dir, err)  # one failed job never stops the sweep
+        # One failed job never stops the sweep; its summary says why, the log has the traceback.
+        log.error("job %s failed: %s", run_dir, err, exc_info=not isinstance(err, TrimlabError))
         failed_jobs.append(str(run_dir))
     finally:
         rundir.set_run_id(None)  # the next sweep job gets its own id

@@ -84,13 +84,15 @@ class ClassificationDataModule(pl.LightningDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         split_seed: int = 0,
+        shuffle_seed: int = 0,
         augment: bool = False,
     ) -> None:
         super().__init__()
         if int(batch_size) < 1 or int(eval_batch_size) < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be >= 1; set data.batch_size=<positive int>")
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
-        self.num_workers, self.split_seed, self.augment = int(num_workers), int(split_seed), bool(augment)
+        self.num_workers, self.augment = int(num_workers), bool(augment)
+        self.split_seed, self.shuffle_seed = int(split_seed), int(shuffle_seed)
         self.class_names: list[str] = []
         self.input_shape: tuple[int, ...] = ()
         self.data_fingerprint = ""
@@ -109,7 +111,7 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.splits["train"]
-        sampler = EpochShuffleSampler(len(dataset), self.split_seed)
+        sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed)
         return self._loader(dataset, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -129,7 +131,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             # A private generator: building loaders never advances the global RNG (exact resume).
-            generator=torch.Generator().manual_seed(self.split_seed),
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

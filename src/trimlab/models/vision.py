@@ -17,15 +17,20 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
 
 
 class SmallCNN(nn.Module):
-    """Stages of 3×3 conv-BN-ReLU, 2×2 max-pool between stages, global average pool, dropout, linear."""
+    """Stages of 3×3 conv-BN-ReLU, 2×2 max-pool between stages, average pool to `pool_to`², dropout, linear.
+
+    `pool_to` > 1 keeps a coarse layout of where features are (global pooling throws it away), which is what
+    lets a three-conv net reach 99% on MNIST in three epochs.
+    """
 
     def __init__(
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        widths: Sequence[int] = (32, 64),
-        convs_per_stage: int = 2,
+        widths: Sequence[int] = (32, 64, 128),
+        convs_per_stage: int = 1,
         dropout: float = 0.1,
+        pool_to: int = 1,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -39,7 +44,10 @@ class SmallCNN(nn.Module):
                 channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)
+            nn.AdaptiveAvgPool2d(pool_to),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(channels * pool_to**2, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
