@@ -61,9 +61,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert resumed_summary["cost"]["train_samples"] == whole_summary["cost"]["train_samples"]
 
 
-def test_monitoring_val_loss_keeps_the_lowest(tmp_path):
+def test_monitoring_a_score_keeps_the_highest(tmp_path):
     cfg = compose_train(
-        "task.monitor=val/loss", "task.monitor_mode=min", "callbacks.progress_bar=null", output_dir=tmp_path
+        "task.monitor=val/f1_macro", "task.monitor_mode=max", "callbacks.progress_bar=null", output_dir=tmp_path
     )
-    summary = train(cfg, tmp_path, "loss0000")
+    summary = train(cfg, tmp_path, "f1000000")
     assert summary["status"] == "completed" and summary["checkpoint"] == "checkpoints/best.ckpt"

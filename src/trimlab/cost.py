@@ -18,9 +18,9 @@ from torch import nn
 
 
 class RunClock(pl.Callback):
-    """Train wall time, samples seen, and when the monitored val metric first reached a fraction of its best."""
+    """Train wall time, samples seen, and when val accuracy first reached a fraction of its best."""
 
-    def __init__(self, monitor: str) -> None:
+    def __init__(self, monitor: str = "val/acc") -> None:
         self.monitor = monitor
         self.train_time_s = 0.0
         self.samples = 0

@@ -96,7 +96,7 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         if cfg.get("ckpt_path"):
             check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
         loggers = run_loggers.build_loggers(cfg.get("logger"))
-        clock = RunClock(task.monitor)
+        clock = RunClock("val/acc")
         trainer = build_trainer(cfg, [clock, RNGState()], loggers)
         writer = trainer.is_global_zero
         started = True

@@ -25,8 +25,8 @@ class ClassificationTask(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         label_smoothing: float = 0.0,
-        monitor: str = "val/acc",
-        monitor_mode: str = "max",
+        monitor: str = "val/loss",
+        monitor_mode: str = "min",
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
