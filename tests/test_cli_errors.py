@@ -118,3 +118,7 @@ def test_cli_help_lists_groups_and_options(tmp_path):
     assert result.returncode == 0
     for line in ("data: digits, image_folder, mnist", "model: cnn, resnet", "logger: csv, many, mlflow"):
         assert line in result.stdout
+
+
+def test_number_as_option_name(capsys):
+    assert "option names are strings" in preflight_error(capsys, "precision=32")

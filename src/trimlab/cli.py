@@ -194,4 +194,8 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
         if full_errors():
             raise
         fail(_one_line(err), code=2)
+    except ValueError as err:  # Hydra's defaults list refuses a number as an option name (precision=32)
+        if full_errors() or "Config group override" not in str(err):
+            raise
+        fail(f"{err}: option names are strings; see --help for the options of each group", code=2)
     return argv
