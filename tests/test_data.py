@@ -151,3 +151,15 @@ def test_augmentation_only_while_training():
     assert datamodule.on_after_batch_transfer(batch, 0)[0] is batch[0]
     FakeTrainer.training = True
     assert not torch.equal(datamodule.on_after_batch_transfer(batch, 0)[0], batch[0])
+
+
+def test_run_ids_are_fresh_per_job_and_pinned_within_one():
+    from trimlab import rundir
+
+    rundir.set_run_id(None)
+    first = rundir.current_run_id()
+    assert rundir.current_run_id() == first and len(first) == 8
+    rundir.set_run_id(None)
+    assert rundir.current_run_id() != first
+    assert rundir.run_id_from_dir("2026-01-02_03-04-05_ab12cd34") == "ab12cd34"
+    assert rundir.run_id_from_dir("3_ab12cd34") == "ab12cd34"

@@ -68,3 +68,16 @@ def test_wandb_key_detection(tmp_path, monkeypatch):
     Path(tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
     os.chmod(tmp_path / ".netrc", 0o600)
     assert wandb_key_configured()
+
+
+@pytest.mark.slow
+def test_api_key_never_lands_in_the_run_dir(tmp_path, monkeypatch):
+    secret = "sk-test-0123456789abcdef-not-real"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run_dir = tmp_path / "run"
+    cfg = compose_train("logger=wandb", "trainer.max_epochs=1", "callbacks.progress_bar=null", output_dir=run_dir)
+    assert train(cfg, run_dir, "key00000")["status"] == "completed"
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == []
