@@ -122,3 +122,7 @@ def test_cli_help_lists_groups_and_options(tmp_path):
 
 def test_number_as_option_name(capsys):
     assert "option names are strings" in preflight_error(capsys, "precision=32")
+
+
+def test_fsdp_on_cpu_points_to_model_parallel(capsys):
+    assert "strategy=model_parallel" in preflight_error(capsys, "strategy=fsdp", "trainer.accelerator=cpu")

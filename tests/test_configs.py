@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra.utils import get_object
 
 from conftest import compose_train
 from trimlab.cli import config_dir, validate_config
+from trimlab.errors import ConfigError
 
 CONF = Path(config_dir())
 OPTIONS = sorted(
@@ -41,7 +43,11 @@ def test_every_group_has_options():
 def test_every_option_composes_and_validates(group, option, tmp_path):
     extra = ["data.folder=somewhere"] if option == "image_folder" else []
     cfg = compose_train(f"{group}={option}", *extra, output_dir=tmp_path)
-    validate_config(cfg)
+    if option == "fsdp" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="model_parallel"):
+            validate_config(cfg)
+    else:
+        validate_config(cfg)
 
 
 def targets(node):

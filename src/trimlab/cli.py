@@ -58,9 +58,29 @@ def validate_config(cfg: DictConfig) -> None:
         missing = sorted(OmegaConf.missing_keys(cfg[group])) if cfg.get(group) is not None else []
         if missing:
             raise ConfigError(f"{group}.{missing[0]} is required and not set; pass {group}.{missing[0]}=<value>")
+    check_strategy(cfg)
     price = _number(cfg, "cost.price_per_hour")
     if price is not None and price < 0:
         raise ConfigError(f"cost.price_per_hour={price} must be >= 0")
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    """FSDP needs GPUs: say so before Lightning does it deep inside Trainer construction."""
+    strategy = OmegaConf.select(cfg, "trainer.strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    if not (target.endswith("FSDPStrategy") or target == "fsdp"):
+        return
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    if accelerator == "cpu" or accelerator == "auto" and not _cuda_available():
+        raise ConfigError(
+            "strategy=fsdp needs GPUs (Lightning's FSDP refuses CPU); to shard on CPU use strategy=model_parallel"
+        )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _variants(overrides: list[str]) -> list[list[str]]:

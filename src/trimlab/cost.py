@@ -6,6 +6,7 @@ FLOPs are measured on the deployable backbone after test.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import resource
 import statistics
@@ -76,15 +77,19 @@ def call(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) -> to
 
 
 @torch.inference_mode()
-def time_forward(model: nn.Module, inputs, warmup: int, repeats: int) -> list[float]:
-    """Seconds per forward pass, `repeats` times after `warmup` untimed passes."""
-    for _ in range(warmup):
-        call(model, inputs)
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(model, inputs)
-        timings.append(time.perf_counter() - start)
+def time_forward(model: nn.Module, inputs, warmup: int, repeats: int, precision: Any = None) -> list[float]:
+    """Seconds per forward pass, `repeats` times after `warmup` untimed passes, in the run's precision."""
+    context = precision.forward_context if precision is not None else contextlib.nullcontext
+    if precision is not None:
+        inputs = precision.convert_input(inputs)
+    with context():
+        for _ in range(warmup):
+            call(model, inputs)
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call(model, inputs)
+            timings.append(time.perf_counter() - start)
     return timings
 
 
@@ -116,14 +121,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(model: nn.Module, sample_inputs, clock: RunClock, cfg: Any, device: torch.device) -> dict[str, Any]:
-    """The cost block of the summary; `cfg` is the run's `cost` config."""
+def measure(
+    model: nn.Module,
+    sample_inputs,
+    clock: RunClock,
+    cfg: Any,
+    device: torch.device,
+    precision: Any = None,
+    peak_mem_per_process: list[float] | None = None,
+) -> dict[str, Any]:
+    """The cost block of the summary; `cfg` is the run's `cost` config, `precision` Lightning's plugin."""
     model = model.eval().to(device)
+    sample_inputs = sample_inputs.to(device) if isinstance(sample_inputs, torch.Tensor) else sample_inputs
+    peaks = peak_mem_per_process or [peak_memory_mb(device)]
     params = sum(p.numel() for p in model.parameters())
     one = take(sample_inputs, cfg.latency_batch_size)
     many = take(sample_inputs, cfg.throughput_batch_size)
-    latency = time_forward(model, one, cfg.latency_warmup, cfg.latency_repeats)
-    throughput = time_forward(model, many, 3, cfg.throughput_repeats)
+    latency = time_forward(model, one, cfg.latency_warmup, cfg.latency_repeats, precision)
+    throughput = time_forward(model, many, 3, cfg.throughput_repeats, precision)
     flops = count_flops(model, one)
     hours = clock.train_time_s / 3600
     return {
@@ -142,7 +157,9 @@ def measure(model: nn.Module, sample_inputs, clock: RunClock, cfg: Any, device: 
         "throughput_samples_per_s": round(cfg.throughput_batch_size / statistics.median(throughput), 1),
         "throughput_batch_size": cfg.throughput_batch_size,
         "flops_per_sample": flops // cfg.latency_batch_size if flops else None,
-        "peak_mem_mb": round(peak_memory_mb(device), 1),
+        "peak_mem_mb": round(peaks[0], 1),
+        "peak_mem_mb_total": round(sum(peaks), 1),
+        "processes": len(peaks),
         "threads": torch.get_num_threads(),
         "price_per_hour": cfg.price_per_hour,
         "price_usd": round(hours * cfg.price_per_hour, 8),

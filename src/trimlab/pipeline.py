@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -20,9 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import loggers as run_loggers
 from trimlab import report, rundir
-from trimlab.checkpoints import RNGState, check_matches, load_weights, read_checkpoint
+from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
 from trimlab.cli import validate_config
-from trimlab.cost import RunClock, measure
+from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.data.base import ClassificationDataModule
 from trimlab.errors import ConfigError, TrimlabError
 from trimlab.task import ClassificationTask
@@ -106,21 +107,25 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
 
         tested = test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
-        if tested:
-            load_weights(task, tested)
-        trainer.test(task, datamodule=datamodule, verbose=False)
+        trainer.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
+        # Every rank reports its peak memory (a collective: all ranks must get here).
+        local_peak = torch.tensor([peak_memory_mb(device)], device=device)
+        peaks = trainer.strategy.all_gather(local_peak).flatten().tolist()
         if not writer:
             return summary
 
         sample = next(iter(datamodule.test_dataloader()))[0]
+        deployable = deployable_backbone(cfg, datamodule, tested) if tested else task.backbone
+        if not task.test_report:  # ddp_spawn: the test ran in worker processes, only its logged metrics came back
+            task.collect_test_outputs(deployable, datamodule.test_dataloader(), trainer.precision_plugin)
         summary.update(
             status="completed",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             checkpoint=str(Path(tested).absolute().relative_to(run_dir.absolute())) if tested else None,
             data={"class_names": datamodule.class_names, "input_shape": list(datamodule.input_shape)},
             metrics=test_metrics(trainer, task),
-            cost=measure(task.backbone, sample, clock, cfg.cost, device),
-            env=report.environment(cfg.seed, datamodule.data_fingerprint, device),
+            cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks),
+            env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
         )
         report.save_plots(run_dir, task.test_probs, task.test_targets, datamodule.class_names)
         run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
@@ -135,6 +140,29 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
     report.print_table(summary)
     print(summary["run_dir"], flush=True)
     return summary
+
+
+def deployable_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, checkpoint: str):
+    """The tested weights in a fresh, unwrapped backbone: what a user deploys and trimlab-eval loads.
+
+    Measuring the trained module itself would time a DDP/FSDP-wrapped model (and hang: a sharded forward on one
+    rank waits for the others)."""
+    backbone = make(cfg.model, input_shape=list(datamodule.input_shape), num_classes=datamodule.num_classes)
+    state = read_checkpoint(checkpoint)["state_dict"]
+    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
+    return backbone
+
+
+def execution(trainer: pl.Trainer) -> dict[str, Any]:
+    """How the run actually executed: Lightning may change what was asked (16-mixed becomes bf16 on CPU)."""
+    return {
+        "precision": trainer.precision,
+        "strategy": type(trainer.strategy).__name__,
+        "accelerator": type(trainer.accelerator).__name__,
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "devices_per_node": trainer.num_devices,
+    }
 
 
 def test_checkpoint(trainer: pl.Trainer, which: str | None) -> str | None:

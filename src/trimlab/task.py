@@ -42,6 +42,21 @@ class ClassificationTask(pl.LightningModule):
         self._test_targets: list[torch.Tensor] = []
         self.test_report: dict = {}
 
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy, shard the backbone with FSDP2: each layer with parameters, then the root."""
+        if self.device_mesh is None:
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(self.backbone, FSDPModule):  # called again for test after fit
+            return
+
+        mesh = self.device_mesh["data_parallel"]
+        for module in self.backbone.children():
+            if any(p.requires_grad for p in module.parameters()):
+                fully_shard(module, mesh=mesh)
+        fully_shard(self.backbone, mesh=mesh)
+
     def forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         return self.backbone(**inputs) if isinstance(inputs, dict) else self.backbone(inputs)
 
@@ -57,33 +72,33 @@ class ClassificationTask(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute())
+        self.log_dict(self.train_metrics.compute(), sync_dist=True)
         self.train_metrics.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         inputs, target = batch
         logits = self(inputs)
-        self.log("val/loss", self.loss(logits, target), prog_bar=True, batch_size=target.shape[0])
+        self.log("val/loss", self.loss(logits, target), prog_bar=True, batch_size=target.shape[0], sync_dist=True)
         self.val_metrics.update(logits.softmax(-1), target)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         if self.monitor in values:
-            self.log(self.monitor, values.pop(self.monitor), prog_bar=True)
-        self.log_dict(values)
+            self.log(self.monitor, values.pop(self.monitor), prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
         self.val_metrics.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
         inputs, target = batch
         logits = self(inputs)
-        self.log("test/loss", self.loss(logits, target), batch_size=target.shape[0])
+        self.log("test/loss", self.loss(logits, target), batch_size=target.shape[0], sync_dist=True)
         probs = logits.float().softmax(-1)
         self.test_metrics.update(probs, target)
         self._test_probs.append(probs.cpu())
         self._test_targets.append(target.cpu())
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)  # computed = already synced; same values
         self.test_metrics.reset()
         probs, targets = torch.cat(self._test_probs), torch.cat(self._test_targets)
         if self.trainer.world_size > 1:
@@ -91,6 +106,20 @@ class ClassificationTask(pl.LightningModule):
             targets = self.all_gather(targets).flatten(0, 1)
         self._test_probs, self._test_targets = [], []
         self.test_probs, self.test_targets = probs.cpu().numpy(), targets.cpu().numpy()
+        self.test_report = sklearn_report(self.test_probs, self.test_targets, self.class_names)
+
+    @torch.inference_mode()
+    def collect_test_outputs(self, backbone: nn.Module, loader, precision) -> None:
+        """Probabilities and the scikit-learn report from one process, when the test ran in spawned workers."""
+        backbone.eval()
+        with precision.forward_context():
+            for inputs, target in loader:
+                inputs = precision.convert_input(inputs)
+                logits = backbone(**inputs) if isinstance(inputs, dict) else backbone(inputs)
+                self._test_probs.append(logits.float().softmax(-1).cpu())
+                self._test_targets.append(target.cpu())
+        self.test_probs, self.test_targets = torch.cat(self._test_probs).numpy(), torch.cat(self._test_targets).numpy()
+        self._test_probs, self._test_targets = [], []
         self.test_report = sklearn_report(self.test_probs, self.test_targets, self.class_names)
 
     def configure_optimizers(self):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from trimlab import rundir
 from trimlab.cli import config_dir, preflight
@@ -24,9 +25,14 @@ def run(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if hydra_cfg.mode == RunMode.MULTIRUN and relaunches_script(cfg):
+            run_job_in_fresh_process(run_dir)
+            return
         from trimlab.pipeline import train
 
-        train(cfg, run_dir, rundir.current_run_id(), overrides=list(hydra_cfg.overrides.task))
+        # Ranks > 0 of a DDP run are this command re-run with the same run dir: the dir names the id.
+        run_id = rundir.run_id_from_dir(run_dir) or rundir.current_run_id()
+        train(cfg, run_dir, run_id, overrides=list(hydra_cfg.overrides.task))
     except Exception as err:
         sweep = hydra_cfg.mode == RunMode.MULTIRUN
         if full_errors() or not (sweep or isinstance(err, TrimlabError)):
@@ -38,6 +44,34 @@ def run(cfg: DictConfig) -> None:
         failed_jobs.append(str(run_dir))
     finally:
         rundir.set_run_id(None)  # the next sweep job gets its own id
+
+
+def relaunches_script(cfg: DictConfig) -> bool:
+    """Whether Lightning would start the other ranks by re-running this command (DDP/FSDP with popen).
+
+    Inside a sweep that re-run would repeat the whole sweep in every child (Lightning #15737)."""
+    trainer = cfg.trainer
+    strategy = trainer.get("strategy")
+    start_method = strategy.get("start_method", "popen") if isinstance(strategy, DictConfig) else "popen"
+    if isinstance(strategy, str) and "spawn" in strategy or start_method != "popen":
+        return False
+    devices = trainer.get("devices", 1)
+    many_devices = (len(devices) if isinstance(devices, ListConfig) else str(devices)) not in (1, "1", "auto")
+    return many_devices or int(trainer.get("num_nodes", 1)) > 1
+
+
+def run_job_in_fresh_process(run_dir: Path) -> None:
+    """Run one sweep job as a new `trimlab-train` from the config Hydra saved for it (as NeMo's launcher does):
+    its DDP ranks then re-run that single job, not the sweep."""
+    command = [
+        sys.executable, "-m", "trimlab.train",
+        "--config-path", str((run_dir / ".hydra").absolute()), "--config-name", "config",
+        f"hydra.run.dir={run_dir.absolute()}", "hydra.output_subdir=null",
+    ]  # fmt: skip
+    log.info("running %s as a fresh process (multi-process job inside a sweep)", run_dir)
+    code = subprocess.run(command, check=False).returncode
+    if code != 0:
+        raise TrimlabError(f"job process exited with {code}; see {run_dir / 'summary.json'} and its log")
 
 
 def main() -> None:

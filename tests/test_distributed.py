@@ -1,0 +1,84 @@
+"""Multi-process runs on CPU (gloo): one run dir and summary, synchronised metrics, checkpoints eval can load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, compose_train, run_cli
+from trimlab.pipeline import train
+
+pytestmark = pytest.mark.slow
+TWO_EPOCHS = [*FAST, "callbacks.early_stopping=null"]
+
+
+def completed(result) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    return summary
+
+
+@pytest.fixture(scope="module")
+def single_and_ddp(tmp_path_factory):
+    """The same global batch (32) as 1 process × 32 and 2 processes × 16."""
+    cwd = tmp_path_factory.mktemp("ddp")
+    single = completed(run_cli(*TWO_EPOCHS, "data.batch_size=32", cwd=cwd))
+    ddp = completed(run_cli(*TWO_EPOCHS, "strategy=ddp", "data.batch_size=16", cwd=cwd))
+    return cwd, single, ddp
+
+
+def test_ddp_writes_one_run_dir_and_summary(single_and_ddp):
+    cwd, _, ddp = single_and_ddp
+    assert ddp["env"]["world_size"] == 2 and ddp["env"]["strategy"] == "DDPStrategy"
+    assert ddp["cost"]["processes"] == 2 and ddp["cost"]["peak_mem_mb_total"] > ddp["cost"]["peak_mem_mb"]
+    assert len(list((cwd / "outputs").rglob("summary.json"))) == 2  # the single run's and the DDP run's
+    assert ddp["metrics"]["test_samples"] == 360  # gathered from both ranks
+
+
+def test_ddp_matches_one_process_within_tolerance(single_and_ddp):
+    _, single, ddp = single_and_ddp
+    # Same data order and global batch; BatchNorm statistics are per rank, so not bit-equal.
+    assert abs(single["metrics"]["test/acc"] - ddp["metrics"]["test/acc"]) <= 0.05
+    # DistributedSampler pads an odd train set (1,257) by one sample per epoch.
+    assert 0 <= ddp["cost"]["train_samples"] - single["cost"]["train_samples"] <= 2
+
+
+def test_eval_reproduces_a_ddp_run(single_and_ddp):
+    cwd, _, ddp = single_and_ddp
+    result = run_cli(f"run_dir={ddp['run_dir']}", cwd=cwd, script="trimlab-eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((Path(ddp["run_dir"]) / "eval.json").read_text())["reproduces"] is True
+
+
+def test_model_parallel_shards_on_cpu_and_eval_loads_it(tmp_path):
+    summary = completed(run_cli(*TWO_EPOCHS, "strategy=model_parallel", cwd=tmp_path))
+    assert summary["env"]["strategy"] == "ModelParallelStrategy" and summary["env"]["world_size"] == 2
+    result = run_cli(f"run_dir={summary['run_dir']}", cwd=tmp_path, script="trimlab-eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((Path(summary["run_dir"]) / "eval.json").read_text())["reproduces"] is True
+
+
+def test_ddp_spawn_completes(tmp_path):
+    summary = completed(run_cli(*TWO_EPOCHS, "strategy=ddp_spawn", "trainer.max_epochs=1", cwd=tmp_path))
+    assert summary["env"]["world_size"] == 2
+
+
+def test_ddp_inside_a_sweep_gives_one_run_per_job(tmp_path):
+    result = run_cli("-m", "strategy=ddp", "model=cnn,resnet", "trainer.max_epochs=1", *FAST[1:], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "outputs").rglob("summary.json")]
+    assert len(summaries) == 2  # not four: the ranks did not re-run the sweep
+    assert all(s["status"] == "completed" and s["env"]["world_size"] == 2 for s in summaries)
+    assert {s["config"]["model"]["_target_"].rsplit(".", 1)[1] for s in summaries} == {"SmallCNN", "ResNet"}
+
+
+@pytest.mark.parametrize("precision, recorded", [("bf16-mixed", "bf16-mixed"), ("16-mixed", "bf16-mixed")])
+def test_mixed_precision_on_cpu_records_what_ran(tmp_path, precision, recorded):
+    cfg = compose_train(f"precision={precision}", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+                        output_dir=tmp_path)  # fmt: skip
+    summary = train(cfg, tmp_path, "prec0000")
+    assert summary["status"] == "completed" and summary["env"]["precision"] == recorded
