@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint lock clean
+.PHONY: setup demo test lint lock clean bench bench-overhead
 
 setup:
 	@bash scripts/setup_env.sh
@@ -17,16 +17,22 @@ demo: $(BIN)/trimlab-train
 	$(BIN)/trimlab-train
 
 test: $(BIN)/trimlab-train
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests experiments
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/trimlab-train
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests experiments
+	$(BIN)/ruff format --check src tests experiments
+
+# Benchmarks: figures land in experiments/ (see each folder's README).
+bench: bench-overhead
+
+bench-overhead: $(BIN)/trimlab-train
+	$(BIN)/python experiments/overhead/bench.py
 
 # Re-pin every package after changing dependencies in pyproject.toml.
 lock: $(BIN)/trimlab-train
-	$(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' | sort -f > requirements.lock.new
+	{ head -3 requirements.lock; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' | sort -f; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:

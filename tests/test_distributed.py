@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import FAST, compose_train, run_cli
+from conftest import BIN, FAST, compose_train, run_cli
 from trimlab.pipeline import train
 
 pytestmark = pytest.mark.slow
@@ -82,3 +84,42 @@ def test_mixed_precision_on_cpu_records_what_ran(tmp_path, precision, recorded):
                         output_dir=tmp_path)  # fmt: skip
     summary = train(cfg, tmp_path, "prec0000")
     assert summary["status"] == "completed" and summary["env"]["precision"] == recorded
+
+
+def test_two_nodes_by_torchrun_match_one_node_with_two_devices(single_and_ddp, tmp_path):
+    _, _, ddp = single_and_ddp
+    run_dir = tmp_path / "two_nodes"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    port = str(29500 + os.getpid() % 1000)
+    nodes = []
+    for rank in (0, 1):
+        own = [] if rank == 0 else ["hydra.output_subdir=null", "hydra.job.name=train_node1"]
+        command = [
+            str(BIN / "torchrun"), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
+            "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "trimlab.train",
+            *TWO_EPOCHS, "strategy=ddp", "trainer.devices=1", "trainer.num_nodes=2", "data.batch_size=16",
+            f"hydra.run.dir={run_dir}", *own,
+        ]  # fmt: skip
+        nodes.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env"]["num_nodes"] == 2 and summary["env"]["world_size"] == 2
+    for key in ("test/acc", "test/f1_macro", "test/auroc_macro"):
+        assert summary["metrics"][key] == pytest.approx(ddp["metrics"][key], abs=1e-6), key
+
+
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    result = run_cli("-m", "hydra/launcher=submitit_local", "model=cnn,resnet", "trainer.max_epochs=1", *FAST[1:],
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "outputs").rglob("summary.json")]
+    assert sorted(s["status"] for s in summaries) == ["completed", "completed"]
+    assert list((tmp_path / "outputs").rglob(".submitit"))  # the jobs really went through submitit
+
+
+def test_compile_records_first_step_apart_from_steady_state(tmp_path):
+    summary = completed(run_cli(*FAST, "trainer.max_epochs=1", "model.compile=true", cwd=tmp_path, timeout=600))
+    cost = summary["cost"]
+    assert cost["first_step_s"] > 10 * cost["step_time_ms_median"] / 1e3  # the first step paid for compiling

@@ -26,12 +26,24 @@ class RunClock(pl.Callback):
         self.train_time_s = 0.0
         self.samples = 0
         self.val_history: list[tuple[float, float]] = []  # (train seconds so far, metric)
+        self.step_times: list[float] = []  # seconds per training batch, this process's part of the run
+        self.first_step_unix: float | None = None  # wall clock at the end of the first optimizer step
         self._started: float | None = None
+        self._step_started = 0.0
+        self.last_loss: torch.Tensor | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.perf_counter()
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_started = time.perf_counter()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.step_times.append(time.perf_counter() - self._step_started)
+        if isinstance(outputs, dict) and "loss" in outputs:
+            self.last_loss = outputs["loss"].detach()
+        if self.first_step_unix is None and not self.train_time_s:
+            self.first_step_unix = time.time()
         target = batch[1]
         self.samples += int(target.shape[0]) * trainer.world_size
 
@@ -150,6 +162,12 @@ def measure(
         "train_samples": clock.samples,
         "train_samples_per_s": round(clock.samples / clock.train_time_s, 1) if clock.train_time_s else None,
         "time_to_target_s": clock.time_to_target(cfg.target_fraction),
+        # The first step carries one-off costs (torch.compile, lazy init); the median is the steady state.
+        "first_step_s": round(clock.step_times[0], 4) if clock.step_times else None,
+        "step_time_ms_median": round(statistics.median(clock.step_times[1:]) * 1e3, 4)
+        if len(clock.step_times) > 1
+        else None,
+        "first_step_unix": clock.first_step_unix,
         "latency_ms_p50": round(statistics.median(latency) * 1e3, 4),
         "latency_ms_p95": round(percentile(latency, 0.95) * 1e3, 4),
         "latency_batch_size": cfg.latency_batch_size,

@@ -49,6 +49,7 @@ def evaluate(run_dir: Path, ckpt: str = "best", data_root: str | None = None) ->
     from hydra.utils import instantiate
 
     from trimlab.checkpoints import load_weights
+    from trimlab.cost import RunClock
     from trimlab.pipeline import build, test_metrics
     from trimlab.report import write_json
 
@@ -70,7 +71,7 @@ def evaluate(run_dir: Path, ckpt: str = "best", data_root: str | None = None) ->
         default_root_dir=str(run_dir),
     )
     trainer.test(task, datamodule=datamodule, verbose=False)
-    metrics = test_metrics(trainer, task)
+    metrics = test_metrics(trainer, task, RunClock())
     trained = summary.get("metrics", {})
     diffs = {k: abs(metrics[k] - trained[k]) for k in HEADLINE if k in metrics and trained.get(k) is not None}
     result = {

@@ -47,12 +47,22 @@ def make(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def build(cfg: DictConfig) -> tuple[ClassificationDataModule, ClassificationTask]:
+def make_backbone(cfg: DictConfig, input_shape: list[int], num_classes: int, compile: bool = False) -> torch.nn.Module:
+    """The backbone from `cfg.model`; `model.compile` is trimlab's key, not the class's."""
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    wants_compile = bool(node.pop("compile", False))
+    backbone = make(OmegaConf.create(node), input_shape=list(input_shape), num_classes=num_classes)
+    if compile and wants_compile:
+        backbone.compile()  # in place: state_dict keys stay the same, checkpoints load into an eager model
+    return backbone
+
+
+def build(cfg: DictConfig, compile: bool = False) -> tuple[ClassificationDataModule, ClassificationTask]:
     """DataModule first: the backbone's input shape and class count come from it."""
     datamodule: ClassificationDataModule = make(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    backbone = make(cfg.model, input_shape=list(datamodule.input_shape), num_classes=datamodule.num_classes)
+    backbone = make_backbone(cfg, list(datamodule.input_shape), datamodule.num_classes, compile)
     task = make(cfg.task, backbone=backbone, num_classes=datamodule.num_classes, class_names=datamodule.class_names)
     return datamodule, task
 
@@ -93,7 +103,7 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         summary = new_summary(cfg, run_dir, run_id, overrides or [])
         validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, task = build(cfg)
+        datamodule, task = build(cfg, compile=True)
         if cfg.get("ckpt_path"):
             check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
         loggers = run_loggers.build_loggers(cfg.get("logger"))
@@ -123,7 +133,7 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             checkpoint=str(Path(tested).absolute().relative_to(run_dir.absolute())) if tested else None,
             data={"class_names": datamodule.class_names, "input_shape": list(datamodule.input_shape)},
-            metrics=test_metrics(trainer, task),
+            metrics=test_metrics(trainer, task, clock),
             cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks),
             env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
         )
@@ -147,7 +157,7 @@ def deployable_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, c
 
     Measuring the trained module itself would time a DDP/FSDP-wrapped model (and hang: a sharded forward on one
     rank waits for the others)."""
-    backbone = make(cfg.model, input_shape=list(datamodule.input_shape), num_classes=datamodule.num_classes)
+    backbone = make_backbone(cfg, list(datamodule.input_shape), datamodule.num_classes)
     state = read_checkpoint(checkpoint)["state_dict"]
     backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
     return backbone
@@ -176,11 +186,13 @@ def test_checkpoint(trainer: pl.Trainer, which: str | None) -> str | None:
     return str(which)
 
 
-def test_metrics(trainer: pl.Trainer, task: ClassificationTask) -> dict[str, Any]:
+def test_metrics(trainer: pl.Trainer, task: ClassificationTask, clock: RunClock) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     sk = task.test_report
     metrics["sklearn"] = {k: sk[k] for k in ("acc", "precision_macro", "recall_macro", "f1_macro", "auroc_macro")}
     metrics["per_class"] = sk["per_class"]
     metrics["confusion_matrix"] = sk["confusion_matrix"]
     metrics["test_samples"] = int(len(task.test_targets))
+    if clock.last_loss is not None:
+        metrics["train/loss_final"] = float(clock.last_loss)
     return metrics

@@ -43,6 +43,7 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "best"
 
     from trimlab.checkpoints import load_weights
     from trimlab.evaluate import checkpoint_path, load_run
+    from trimlab.pipeline import make_backbone
     from trimlab.report import write_text
 
     cfg, summary = load_run(run_dir)
@@ -51,7 +52,7 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "best"
     class_names, input_shape = summary["data"]["class_names"], summary["data"]["input_shape"]
     datamodule = instantiate(cfg.data)
     datamodule.input_shape = tuple(input_shape)
-    backbone = instantiate(cfg.model, input_shape=input_shape, num_classes=len(class_names))
+    backbone = make_backbone(cfg, input_shape, len(class_names))
     task = instantiate(cfg.task, backbone=backbone, num_classes=len(class_names), class_names=class_names)
     load_weights(task, checkpoint_path(run_dir, ckpt, summary))
     task.eval()
