@@ -8,6 +8,8 @@ Only Hydra and OmegaConf are imported here: torch and Lightning load after the c
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,13 @@ def _saved_run_id(run_dir: Path) -> str:
         except (ValueError, KeyError):
             pass
     return rundir.run_id_from_dir(run_dir) or rundir.current_run_id()
+
+
+def launch(hydra_app: Callable[[], None], config_name: str) -> None:
+    """An entry point: check the command line, then hand it to the Hydra app."""
+    rundir.register_resolvers()
+    sys.argv = [sys.argv[0], *preflight(sys.argv[1:], config_name)]
+    hydra_app()
 
 
 def preflight(argv: list[str], config_name: str = "train") -> list[str]:

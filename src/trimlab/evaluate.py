@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from trimlab import rundir
-from trimlab.cli import config_dir, preflight
+from trimlab.cli import config_dir, launch
 from trimlab.errors import CheckpointError, TrimlabError, fail, full_errors
 
 HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro"]
@@ -101,9 +100,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    rundir.register_resolvers()
-    sys.argv = [sys.argv[0], *preflight(sys.argv[1:], "eval")]
-    run()
+    launch(run, "eval")
 
 
 if __name__ == "__main__":

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from trimlab import rundir
-from trimlab.cli import config_dir, preflight
+from trimlab.cli import config_dir, launch
 from trimlab.errors import DataError, TrimlabError, fail, full_errors
 
 
@@ -91,9 +89,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    rundir.register_resolvers()
-    sys.argv = [sys.argv[0], *preflight(sys.argv[1:], "predict")]
-    run()
+    launch(run, "predict")
 
 
 if __name__ == "__main__":

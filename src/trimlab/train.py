@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from trimlab import rundir
-from trimlab.cli import config_dir, preflight
+from trimlab.cli import config_dir, launch
 from trimlab.errors import TrimlabError, fail, full_errors
 
 log = logging.getLogger("trimlab")
@@ -75,9 +75,7 @@ def run_job_in_fresh_process(run_dir: Path) -> None:
 
 
 def main() -> None:
-    rundir.register_resolvers()
-    sys.argv = [sys.argv[0], *preflight(sys.argv[1:], "train")]
-    run()
+    launch(run, "train")
     if failed_jobs:
         fail(f"{len(failed_jobs)} sweep job(s) failed: {', '.join(failed_jobs)}")
 
