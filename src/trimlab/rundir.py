@@ -39,9 +39,14 @@ def run_id_from_dir(run_dir: str | Path) -> str | None:
     return match.group("id") if match else None
 
 
+_sweep_id = uuid.uuid4().hex[:6]  # one per process: a sweep's jobs share it, two sweeps never do
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", current_run_id)
+    if not OmegaConf.has_resolver("sweep_id"):
+        OmegaConf.register_new_resolver("sweep_id", lambda: _sweep_id)
 
 
 def finished(run_dir: Path) -> bool:
