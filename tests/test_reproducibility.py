@@ -67,3 +67,13 @@ def test_monitoring_a_score_keeps_the_highest(tmp_path):
     )
     summary = train(cfg, tmp_path, "f1000000")
     assert summary["status"] == "completed" and summary["checkpoint"] == "checkpoints/best.ckpt"
+
+
+def test_checkpoint_record_is_relative_inside_the_run_dir(tmp_path):
+    from trimlab.pipeline import checkpoint_record
+
+    assert checkpoint_record(str(tmp_path / "run" / "checkpoints" / "best.ckpt"), tmp_path / "run") == (
+        "checkpoints/best.ckpt"
+    )
+    assert checkpoint_record("/elsewhere/x.ckpt", tmp_path / "run") == "/elsewhere/x.ckpt"
+    assert checkpoint_record(None, tmp_path) is None

@@ -131,7 +131,7 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         summary.update(
             status="completed",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            checkpoint=str(Path(tested).absolute().relative_to(run_dir.absolute())) if tested else None,
+            checkpoint=checkpoint_record(tested, run_dir),
             data={"class_names": datamodule.class_names, "input_shape": list(datamodule.input_shape)},
             metrics=test_metrics(trainer, task, clock),
             cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks),
@@ -150,6 +150,14 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
     report.print_table(summary)
     print(summary["run_dir"], flush=True)
     return summary
+
+
+def checkpoint_record(tested: str | None, run_dir: Path) -> str | None:
+    """Relative to the run dir when it lies inside (run dirs move); absolute for a checkpoint from elsewhere."""
+    if not tested:
+        return None
+    path = Path(tested).absolute()
+    return str(path.relative_to(run_dir.absolute())) if path.is_relative_to(run_dir.absolute()) else str(path)
 
 
 def deployable_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, checkpoint: str):
