@@ -34,6 +34,7 @@ def test_every_group_has_options():
         "paths",
         "experiment",
         "debug",
+        "semi_supervised",
         "task/optimizer",
         "task/scheduler",
     } <= groups
@@ -41,7 +42,8 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(group, option, tmp_path):
-    extra = ["data.folder=somewhere"] if option == "image_folder" else []
+    required = {"image_folder": ["data.folder=somewhere"], "wav_folder": ["data.folder=somewhere"]}
+    extra = required.get(option, []) + (["data.file=some.csv"] if option == "text_csv" else [])
     cfg = compose_train(f"{group}={option}", *extra, output_dir=tmp_path)
     if option == "fsdp" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="model_parallel"):

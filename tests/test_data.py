@@ -67,7 +67,7 @@ def test_digits_split_is_deterministic_and_exposes_shape():
     sizes = {name: len(ds) for name, ds in first.splits.items()}
     assert sizes == {"train": 1257, "val": 180, "test": 360}
     assert first.data_fingerprint == second.data_fingerprint
-    assert torch.equal(first.splits["test"].tensors[0], second.splits["test"].tensors[0])
+    assert torch.equal(first.splits["test"].inputs, second.splits["test"].inputs)
     other = DigitsDataModule(split_seed=1)
     other.setup()
     assert other.data_fingerprint != first.data_fingerprint
@@ -127,7 +127,7 @@ def test_image_folder_reads_classes_and_resizes(tiny_image_folder):
     datamodule = ImageFolderDataModule(root=str(tiny_image_folder.parent), folder="images", image_size=8, channels=3)
     datamodule.setup()
     assert datamodule.class_names == ["cat", "dog", "owl"]
-    assert datamodule.splits["train"].tensors[0].shape[1:] == (3, 8, 8)
+    assert datamodule.splits["train"].inputs.shape[1:] == (3, 8, 8)
     assert sum(len(ds) for ds in datamodule.splits.values()) == 30
 
 

@@ -48,8 +48,12 @@ def validate_config(cfg: DictConfig) -> None:
         value = _number(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be >= 1; set {key}=<positive int>")
+    labelled = _number(cfg, "data.labelled_fraction")
+    if labelled is not None and not 0 < labelled <= 1:
+        raise ConfigError(f"data.labelled_fraction={labelled} is outside (0, 1]; e.g. 0.1 keeps 10% of the labels")
     fractions = {}
-    for key in [k for k in (cfg.get("data") or {}) if str(k).endswith("_fraction")]:
+    held_out = [k for k in (cfg.get("data") or {}) if str(k).endswith("_fraction") and k != "labelled_fraction"]
+    for key in held_out:
         value = fractions[f"data.{key}"] = _number(cfg, f"data.{key}")
         if value is not None and not 0 < value < 1:
             raise ConfigError(f"data.{key}={value} is outside (0, 1); set data.{key}=<fraction, e.g. 0.1>")
@@ -59,7 +63,8 @@ def validate_config(cfg: DictConfig) -> None:
     for group in ("data", "model", "task"):
         missing = sorted(OmegaConf.missing_keys(cfg[group])) if cfg.get(group) is not None else []
         if missing:
-            raise ConfigError(f"{group}.{missing[0]} is required and not set; pass {group}.{missing[0]}=<value>")
+            key = missing[0] if missing[0].startswith(f"{group}.") else f"{group}.{missing[0]}"
+            raise ConfigError(f"{key} is required and not set; pass {key}=<value>")
     check_strategy(cfg)
     price = _number(cfg, "cost.price_per_hour")
     if price is not None and price < 0:

@@ -54,7 +54,7 @@ def evaluate(run_dir: Path, ckpt: str = "best", data_root: str | None = None) ->
 
     cfg, summary = load_run(run_dir, data_root)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, task = build(cfg)
+    datamodule, task = build(cfg, artifacts_from=run_dir)
     path = checkpoint_path(run_dir, ckpt, summary)
     load_weights(task, path)
     # The run's own trainer settings (precision, test batch limits...) on one device, without its side effects.

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import loggers as run_loggers
-from trimlab import report, rundir
+from trimlab import report, rundir, semi, transfer
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
 from trimlab.cli import validate_config
 from trimlab.cost import RunClock, measure, peak_memory_mb
@@ -47,22 +47,32 @@ def make(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def make_backbone(cfg: DictConfig, input_shape: list[int], num_classes: int, compile: bool = False) -> torch.nn.Module:
-    """The backbone from `cfg.model`; `model.compile` is trimlab's key, not the class's."""
+def make_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, compile: bool = False) -> torch.nn.Module:
+    """The backbone from `cfg.model`, sized by the data; `model.compile` is trimlab's key, not the class's."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
     wants_compile = bool(node.pop("compile", False))
-    backbone = make(OmegaConf.create(node), input_shape=list(input_shape), num_classes=num_classes)
+    node.pop("pretrained", None)  # trimlab's key: weights loaded by `train` (transfer.load_pretrained)
+    backbone = make(
+        OmegaConf.create(node),
+        input_shape=list(datamodule.input_shape),
+        num_classes=datamodule.num_classes,
+        **datamodule.model_kwargs,
+    )
     if compile and wants_compile:
         backbone.compile()  # in place: state_dict keys stay the same, checkpoints load into an eager model
     return backbone
 
 
-def build(cfg: DictConfig, compile: bool = False) -> tuple[ClassificationDataModule, ClassificationTask]:
-    """DataModule first: the backbone's input shape and class count come from it."""
+def build(
+    cfg: DictConfig, compile: bool = False, artifacts_from: Path | None = None
+) -> tuple[ClassificationDataModule, ClassificationTask]:
+    """DataModule first: the backbone's input shape and class count come from it. `artifacts_from`: a finished
+    run dir whose saved data artifacts (a tokenizer) are reused rather than rebuilt."""
     datamodule: ClassificationDataModule = make(cfg.data)
+    datamodule.artifacts_from = artifacts_from
     datamodule.prepare_data()
     datamodule.setup("fit")
-    backbone = make_backbone(cfg, list(datamodule.input_shape), datamodule.num_classes, compile)
+    backbone = make_backbone(cfg, datamodule, compile)
     task = make(cfg.task, backbone=backbone, num_classes=datamodule.num_classes, class_names=datamodule.class_names)
     return datamodule, task
 
@@ -106,13 +116,19 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         datamodule, task = build(cfg, compile=True)
         if cfg.get("ckpt_path"):
             check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
+        elif cfg.model.get("pretrained"):
+            summary["transfer"] = transfer.load_pretrained(task.backbone, cfg.model.pretrained)
         loggers = run_loggers.build_loggers(cfg.get("logger"))
         clock = RunClock("val/acc")
-        trainer = build_trainer(cfg, [clock, RNGState()], loggers)
+        trainer = build_trainer(cfg, [clock, RNGState(), *finetune_callbacks(cfg)], loggers)
         writer = trainer.is_global_zero
         started = True
         if writer:
             report.write_json(summary_path, summary)
+        if semi.enabled(cfg):  # round 1 on the labelled part; the fit below is round 2
+            summary["semi_supervised"] = semi.first_round(
+                cfg, datamodule, task, run_dir, lambda extra: build_trainer(cfg, [*extra, *finetune_callbacks(cfg)], [])
+            )
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
 
@@ -132,11 +148,12 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
             status="completed",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             checkpoint=checkpoint_record(tested, run_dir),
-            data={"class_names": datamodule.class_names, "input_shape": list(datamodule.input_shape)},
+            data=datamodule.facts(),
             metrics=test_metrics(trainer, task, clock),
             cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks),
             env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
         )
+        datamodule.save_artifacts(run_dir)
         report.save_plots(run_dir, task.test_probs, task.test_targets, datamodule.class_names)
         run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
     except BaseException as err:
@@ -152,6 +169,13 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
     return summary
 
 
+def finetune_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    freeze_epochs = int((cfg.get("finetune") or {}).get("freeze_epochs") or 0)
+    if freeze_epochs < 0:
+        raise ConfigError(f"finetune.freeze_epochs={freeze_epochs} must be >= 0")
+    return [transfer.FreezeBackbone(freeze_epochs)] if freeze_epochs else []
+
+
 def checkpoint_record(tested: str | None, run_dir: Path) -> str | None:
     """Relative to the run dir when it lies inside (run dirs move); absolute for a checkpoint from elsewhere."""
     if not tested:
@@ -165,7 +189,7 @@ def deployable_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, c
 
     Measuring the trained module itself would time a DDP/FSDP-wrapped model (and hang: a sharded forward on one
     rank waits for the others)."""
-    backbone = make_backbone(cfg, list(datamodule.input_shape), datamodule.num_classes)
+    backbone = make_backbone(cfg, datamodule)
     state = read_checkpoint(checkpoint)["state_dict"]
     backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
     return backbone

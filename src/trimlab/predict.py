@@ -1,4 +1,7 @@
-"""trimlab-predict: class and probability for images (a file, a folder, or a .npy array) from a run's model."""
+"""trimlab-predict: class and probability for raw inputs from a run's model.
+
+What counts as an input is the run's DataModule's business (`predict_dataset`): images, a .npy array, wav
+files, or a text file with one text per line."""
 
 from __future__ import annotations
 
@@ -7,37 +10,16 @@ import io
 from pathlib import Path
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig
 
 from trimlab.cli import config_dir, launch
-from trimlab.errors import DataError, TrimlabError, fail, full_errors
-
-
-def read_inputs(inputs: Path, channels: int) -> tuple[list[str], list[np.ndarray]]:
-    """Names and images in [0, 1] (each (H, W) or (H, W, C))."""
-    from trimlab.data.vision import IMAGE_SUFFIXES, read_image
-
-    if not inputs.exists():
-        raise DataError(f"inputs {inputs} does not exist; pass an image file, a folder of images or a .npy file")
-    if inputs.suffix == ".npy":
-        try:
-            array = np.load(inputs, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise DataError(f"cannot read {inputs} as a .npy array ({err})") from err
-        array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
-        if array.ndim == 2:
-            array = array[None]
-        return [f"{inputs.name}[{i}]" for i in range(len(array))], list(array)
-    files = sorted(p for p in inputs.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if inputs.is_dir() else [inputs]
-    if not files:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {inputs}")
-    return [str(p) for p in files], [read_image(p, channels) for p in files]
+from trimlab.errors import TrimlabError, fail, full_errors
 
 
 def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "best", batch_size: int = 256) -> Path:
     import torch
     from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
 
     from trimlab.checkpoints import load_weights
     from trimlab.evaluate import checkpoint_path, load_run
@@ -47,18 +29,18 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "best"
     cfg, summary = load_run(run_dir)
     if summary.get("status") != "completed":
         raise TrimlabError(f"{run_dir} has no completed summary.json; predict from a finished run")
-    class_names, input_shape = summary["data"]["class_names"], summary["data"]["input_shape"]
     datamodule = instantiate(cfg.data)
-    datamodule.input_shape = tuple(input_shape)
-    backbone = make_backbone(cfg, input_shape, len(class_names))
+    datamodule.restore(run_dir, summary["data"])
+    class_names = datamodule.class_names
+    backbone = make_backbone(cfg, datamodule)
     task = instantiate(cfg.task, backbone=backbone, num_classes=len(class_names), class_names=class_names)
     load_weights(task, checkpoint_path(run_dir, ckpt, summary))
     task.eval()
 
-    names, images = read_inputs(inputs, input_shape[0])
-    batch = torch.cat([datamodule.preprocess(image[None]) for image in images])
+    names, dataset = datamodule.predict_dataset(inputs)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=datamodule.collate)
     with torch.inference_mode():
-        probs = torch.cat([task(chunk).softmax(-1) for chunk in batch.split(batch_size)])
+        probs = torch.cat([task(batch_inputs).softmax(-1) for batch_inputs, _ in loader])
     confidence, index = probs.max(-1)
 
     buffer = io.StringIO()

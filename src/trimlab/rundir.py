@@ -47,6 +47,15 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", current_run_id)
     if not OmegaConf.has_resolver("sweep_id"):
         OmegaConf.register_new_resolver("sweep_id", lambda: _sweep_id)
+    if not OmegaConf.has_resolver("pretrained_encoder"):
+        OmegaConf.register_new_resolver("pretrained_encoder", _pretrained_encoder)
+
+
+def _pretrained_encoder() -> str | None:
+    """`${pretrained_encoder:}`: the installed all-MiniLM-L6-v2 dir, or null (trimlab[pretrained] absent)."""
+    from trimlab.models.text import default_encoder_dir
+
+    return default_encoder_dir()
 
 
 def finished(run_dir: Path) -> bool:

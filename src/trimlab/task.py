@@ -129,7 +129,9 @@ class ClassificationTask(pl.LightningModule):
         self.test_report = sklearn_report(self.test_probs, self.test_targets, self.class_names)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        # Every weight, frozen ones included: with no gradient they are skipped, and unfreezing one later
+        # (transfer.FreezeBackbone) needs no new param group outside the schedule.
+        optimizer = self.optimizer_factory(params=list(self.parameters()))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

@@ -1,5 +1,8 @@
 """What every trimlab DataModule shares: seeded stratified splits, epoch-seeded shuffling, and the facts a
-model needs (`num_classes`, `input_shape`, `class_names`) exposed after `setup()`.
+model needs (`num_classes`, `input_shape`, `class_names`, `model_kwargs`) exposed after `setup()`.
+
+Modalities differ only in how they load (`load`), batch (`collate`), augment (`augment_batch`) and read raw
+inputs for prediction (`predict_dataset`); the task and the pipeline never look at the modality.
 
 Shuffling draws from a generator seeded by (seed, epoch) rather than the global RNG, so a run resumed from a
 checkpoint sees exactly the batches the uninterrupted run would have seen.
@@ -9,16 +12,51 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trimlab.errors import ConfigError, DataError
+
+
+class ArrayDataset(Dataset):
+    """Inputs (a tensor, or a list of per-item tensors such as token ids) with integer targets.
+
+    Knowing its targets lets every modality share label subsets and pseudo-labels (`subset`, `relabel`)."""
+
+    def __init__(self, inputs: torch.Tensor | list, targets: torch.Tensor) -> None:
+        if len(inputs) != len(targets):
+            raise DataError(f"{len(inputs)} inputs but {len(targets)} labels")
+        self.inputs, self.targets = inputs, torch.as_tensor(targets, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.inputs[index], self.targets[index]
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
+        indices = np.asarray(indices, dtype=np.int64)
+        if isinstance(self.inputs, torch.Tensor):
+            return ArrayDataset(self.inputs[torch.as_tensor(indices)], self.targets[indices])
+        return ArrayDataset([self.inputs[i] for i in indices], self.targets[indices])
+
+    def relabel(self, targets: torch.Tensor) -> ArrayDataset:
+        return ArrayDataset(self.inputs, targets)
+
+    @staticmethod
+    def concat(first: ArrayDataset, second: ArrayDataset) -> ArrayDataset:
+        if isinstance(first.inputs, torch.Tensor):
+            inputs = torch.cat([first.inputs, second.inputs])
+        else:
+            inputs = list(first.inputs) + list(second.inputs)
+        return ArrayDataset(inputs, torch.cat([first.targets, second.targets]))
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -36,6 +74,25 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+class LengthGroupedSampler(EpochShuffleSampler):
+    """Shuffled, but each run of `batch_size` indices holds items of similar length: padded batches waste
+    little compute. Pools of `pool` batches are sorted by length, cut into batches, and the batches shuffled."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, pool: int = 50) -> None:
+        super().__init__(len(lengths), seed)
+        self.lengths, self.batch_size, self.pool = torch.as_tensor(lengths), batch_size, pool
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        batches = []
+        for chunk in order.split(self.batch_size * self.pool):
+            by_length = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+            batches.extend(by_length.split(self.batch_size))
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return iter(torch.cat([batches[i] for i in shuffled]).tolist())
 
 
 def check_fraction(name: str, value: float) -> float:
@@ -86,6 +143,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         shuffle_seed: int = 0,
         augment: bool = False,
+        labelled_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if int(batch_size) < 1 or int(eval_batch_size) < 1:
@@ -93,8 +151,17 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers, self.augment = int(num_workers), bool(augment)
         self.split_seed, self.shuffle_seed = int(split_seed), int(shuffle_seed)
+        if not 0.0 < float(labelled_fraction) <= 1.0:
+            raise ConfigError(f"data.labelled_fraction={labelled_fraction} is outside (0, 1]; e.g. 0.1 keeps 10%")
+        self.labelled_fraction = float(labelled_fraction)
         self.class_names: list[str] = []
         self.input_shape: tuple[int, ...] = ()
+        # Extra constructor arguments the backbone needs from the data (vocab size, sample rate...).
+        self.model_kwargs: dict[str, Any] = {}
+        # How items become a batch; None is torch's default stacking.
+        self.collate: Callable | None = None
+        # A finished run's dir whose artifacts (a tokenizer) replace rebuilding them: set by eval.
+        self.artifacts_from: Path | None = None
         self.data_fingerprint = ""
         self.splits: dict[str, Dataset] = {}
 
@@ -102,17 +169,44 @@ class ClassificationDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def load(self) -> dict[str, Dataset]:
+    def load(self) -> dict[str, ArrayDataset]:
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.load()
+            if self.labelled_fraction < 1.0:  # a small labelled set, drawn class-balanced from the train split
+                train = self.splits["train"]
+                keep, _ = stratified_split(train.targets.numpy(), [1.0 - self.labelled_fraction], self.split_seed)
+                self.splits["train"] = train.subset(keep)
+
+    def facts(self) -> dict[str, Any]:
+        """What a run records so that eval and predict rebuild the same model without loading the data."""
+        return {
+            "class_names": list(self.class_names),
+            "input_shape": list(self.input_shape),
+            "model_kwargs": dict(self.model_kwargs),
+        }
+
+    def restore(self, run_dir: Path, facts: dict[str, Any]) -> None:
+        """Take a finished run's recorded facts (and artifacts such as a tokenizer) instead of loading data."""
+        self.class_names = list(facts["class_names"])
+        self.input_shape = tuple(facts["input_shape"])
+        self.model_kwargs = dict(facts.get("model_kwargs") or {})
+
+    def save_artifacts(self, run_dir: Path) -> None:
+        """Write what predict needs besides the weights (a tokenizer, say) into the run dir."""
+
+    def predict_dataset(self, path: Path) -> tuple[list[str], ArrayDataset]:
+        """Names and model-ready items (targets -1) for raw inputs: a file or a folder of them."""
+        raise DataError(f"{type(self).__name__} cannot read raw inputs for prediction")
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.splits["train"]
-        sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed)
-        return self._loader(dataset, self.batch_size, sampler=sampler)
+        return self._loader(dataset, self.batch_size, sampler=self.train_sampler(dataset))
+
+    def train_sampler(self, dataset: ArrayDataset) -> Sampler[int]:
+        return EpochShuffleSampler(len(dataset), self.shuffle_seed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits["val"], self.eval_batch_size)
@@ -130,6 +224,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate,
             # A private generator: building loaders never advances the global RNG (exact resume).
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
@@ -145,7 +240,7 @@ class ClassificationDataModule(pl.LightningDataModule):
 
 
 def tensor_splits(
-    inputs: torch.Tensor, labels: np.ndarray, indices: Sequence[np.ndarray], names: Sequence[str]
-) -> dict[str, Dataset]:
-    targets = torch.as_tensor(labels, dtype=torch.long)
-    return {name: TensorDataset(inputs[idx], targets[idx]) for name, idx in zip(names, indices, strict=True)}
+    inputs: torch.Tensor | list, labels: np.ndarray, indices: Sequence[np.ndarray], names: Sequence[str]
+) -> dict[str, ArrayDataset]:
+    whole = ArrayDataset(inputs, torch.as_tensor(labels, dtype=torch.long))
+    return {name: whole.subset(idx) for name, idx in zip(names, indices, strict=True)}

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from trimlab.data.base import (
+    ArrayDataset,
     ClassificationDataModule,
     check_fraction,
     fingerprint,
@@ -42,6 +43,12 @@ class VisionDataModule(ClassificationDataModule):
     def preprocess(self, images01: np.ndarray) -> torch.Tensor:
         """Raw images scaled to [0, 1] → the normalized batch this model was trained on."""
         return normalize(to_batch(images01, self.input_shape), self.mean, self.std)
+
+    def predict_dataset(self, path: Path) -> tuple[list[str], ArrayDataset]:
+        """Images from a file, a folder, or a .npy array (uint8 0–255 or float 0–1)."""
+        names, images = read_images(path, self.input_shape[0])
+        inputs = torch.cat([self.preprocess(image[None]) for image in images])
+        return names, ArrayDataset(inputs, torch.full((len(names),), -1))
 
 
 class DigitsDataModule(VisionDataModule):
@@ -203,3 +210,22 @@ class ImageFolderDataModule(VisionDataModule):
         self.data_fingerprint = fingerprint(batch, labels, extra=f"folder:{self.split_seed}")
         inputs = normalize(batch, self.mean, self.std)
         return tensor_splits(inputs, labels, indices, ["train", "val", "test"])
+
+
+def read_images(inputs: Path, channels: int) -> tuple[list[str], list[np.ndarray]]:
+    """Names and images in [0, 1] (each (H, W) or (H, W, C))."""
+    if not inputs.exists():
+        raise DataError(f"inputs {inputs} does not exist; pass an image file, a folder of images or a .npy file")
+    if inputs.suffix == ".npy":
+        try:
+            array = np.load(inputs, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise DataError(f"cannot read {inputs} as a .npy array ({err})") from err
+        array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+        if array.ndim == 2:
+            array = array[None]
+        return [f"{inputs.name}[{i}]" for i in range(len(array))], list(array)
+    files = sorted(p for p in inputs.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if inputs.is_dir() else [inputs]
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {inputs}")
+    return [str(p) for p in files], [read_image(p, channels) for p in files]
