@@ -58,12 +58,14 @@ class EncoderBlock(nn.Module):
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     if pooling == "cls":
         return hidden[:, 0]
+    if pooling == "max":  # the strongest evidence anywhere in the text: suits short sentiment phrases
+        return hidden.masked_fill(attention_mask.unsqueeze(-1) == 0, torch.finfo(hidden.dtype).min).amax(1)
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 class TransformerClassifier(nn.Module):
-    """Token + learned position embeddings, `depth` encoder blocks, mean (or [CLS]) pooling, linear head."""
+    """Token + learned position embeddings, `depth` encoder blocks, mean/max/[CLS] pooling, linear head."""
 
     def __init__(
         self,
@@ -79,8 +81,8 @@ class TransformerClassifier(nn.Module):
         pooling: str = "mean",
     ) -> None:
         super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise ConfigError(f"model.pooling={pooling} is unknown; use mean or cls")
+        if pooling not in ("mean", "max", "cls"):
+            raise ConfigError(f"model.pooling={pooling} is unknown; use mean, max or cls")
         self.pooling = pooling
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         self.position = nn.Embedding(int(input_shape[0]), dim)
