@@ -144,7 +144,10 @@ def measure(
 ) -> dict[str, Any]:
     """The cost block of the summary; `cfg` is the run's `cost` config, `precision` Lightning's plugin."""
     model = model.eval().to(device)
-    sample_inputs = sample_inputs.to(device) if isinstance(sample_inputs, torch.Tensor) else sample_inputs
+    if isinstance(sample_inputs, dict):
+        sample_inputs = {k: v.to(device) for k, v in sample_inputs.items()}
+    else:
+        sample_inputs = sample_inputs.to(device)
     peaks = peak_mem_per_process or [peak_memory_mb(device)]
     params = sum(p.numel() for p in model.parameters())
     one = take(sample_inputs, cfg.latency_batch_size)
