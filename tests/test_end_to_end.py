@@ -72,6 +72,8 @@ def test_summary_has_metrics_cost_and_env(digits_run):
     assert set(summary["metrics"]) >= METRIC_KEYS
     assert all(0.0 <= summary["metrics"][k] <= 1.0 for k in METRIC_KEYS)
     assert summary["metrics"]["test/acc"] > 0.5  # two epochs on digits: far above chance (0.1)
+    # The whole fit's cost, even when the tested (best) checkpoint is from an earlier epoch.
+    assert summary["cost"]["train_samples"] == 2 * 1257
     for key in ("acc", "f1_macro", "auroc_macro"):  # torchmetrics and scikit-learn on the same predictions
         assert summary["metrics"][f"test/{key}"] == pytest.approx(summary["metrics"]["sklearn"][key], abs=1e-6)
     assert "macro avg" in summary["metrics"]["per_class"]
@@ -191,3 +193,12 @@ def test_corrupt_checkpoint_is_refused(sweep_runs, tmp_path):
     broken.write_bytes((sweep_runs[0] / "checkpoints" / "best.ckpt").read_bytes()[:500])
     result = run_cli(f"run_dir={sweep_runs[0]}", f"ckpt={broken}", cwd=tmp_path, script="trimlab-eval")
     assert_clear_error(result, "broken.ckpt", "cannot be read")
+
+
+def test_cost_covers_the_whole_fit_when_an_earlier_epoch_is_tested(tmp_path):
+    # mode=max on val/loss keeps the worst epoch, the first: testing it must not rewind the run's clock.
+    result = run_cli(*FAST, "task.monitor_mode=max", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((Path(result.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
+    assert summary["cost"]["train_samples"] == 2 * 1257
+    assert summary["cost"]["train_time_s"] >= summary["cost"]["time_to_target_s"]

@@ -133,7 +133,9 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
 
         tested = test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
+        fit_clock = clock.state_dict()
         trainer.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
+        clock.load_state_dict(fit_clock)  # testing a checkpoint restores callbacks: the clock as of that epoch
         # Every rank reports its peak memory (a collective: all ranks must get here).
         local_peak = torch.tensor([peak_memory_mb(device)], device=device)
         peaks = trainer.strategy.all_gather(local_peak).flatten().tolist()
