@@ -124,6 +124,20 @@ def resolve_root(root: str | os.PathLike | None, dataset: str, expected: str) ->
     return Path(root).expanduser()
 
 
+def class_folders(root: str | None, folder: str, dataset: str, what: str) -> tuple[Path, list[str]]:
+    """`<root>/<folder>/<class>/...` (or an absolute folder) and its sorted class names, or a clear error."""
+    base = Path(folder).expanduser()
+    if not base.is_absolute():
+        base = resolve_root(root, dataset, folder) / base
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    if not classes:
+        raise DataError(
+            f"no class folders found in {base.absolute()}; data.folder must hold one sub-folder of {what} per "
+            "class (set data.folder=<dir>, relative to data.root or absolute)"
+        )
+    return base, classes
+
+
 def fingerprint(*arrays: np.ndarray | torch.Tensor, extra: str = "") -> str:
     digest = hashlib.sha256(extra.encode())
     for array in arrays:

@@ -26,6 +26,7 @@ from trimlab.data.base import (
     ArrayDataset,
     ClassificationDataModule,
     check_fraction,
+    class_folders,
     fingerprint,
     resolve_root,
     stratified_split,
@@ -268,16 +269,7 @@ class WavFolderDataModule(SpeechDataModule):
         self.test_fraction = check_fraction("test_fraction", test_fraction)
 
     def wav_dir(self) -> Path:
-        base = Path(self.folder).expanduser()
-        if not base.is_absolute():
-            base = resolve_root(self.root, "wav_folder", self.folder) / base
-        classes = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-        if not classes:
-            raise DataError(
-                f"no class folders found in {base.absolute()}; data.folder must hold one sub-folder of .wav files "
-                "per class (set data.folder=<dir>, relative to data.root or absolute)"
-            )
-        self.class_names = classes
+        base, self.class_names = class_folders(self.root, self.folder, "wav_folder", ".wav files")
         return base
 
     def prepare_data(self) -> None:

@@ -13,6 +13,7 @@ from trimlab.data.base import (
     ArrayDataset,
     ClassificationDataModule,
     check_fraction,
+    class_folders,
     fingerprint,
     resolve_root,
     stratified_split,
@@ -178,16 +179,7 @@ class ImageFolderDataModule(VisionDataModule):
         self.input_shape = (int(channels), int(image_size), int(image_size))
 
     def image_dir(self) -> Path:
-        base = Path(self.folder).expanduser()
-        if not base.is_absolute():
-            base = resolve_root(self.root, "image_folder", self.folder) / base
-        classes = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-        if not classes:
-            raise DataError(
-                f"no class folders found in {base.absolute()}; data.folder must hold one sub-folder per class "
-                "(set data.folder=<dir>, relative to data.root or absolute)"
-            )
-        self.class_names = classes
+        base, self.class_names = class_folders(self.root, self.folder, "image_folder", "images")
         return base
 
     def prepare_data(self) -> None:
