@@ -332,3 +332,13 @@ def test_end_to_end_train_eval_predict(tiny_wavs, tmp_path):
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
     assert len(rows) == 30 and [r["input"] for r in rows] == sorted(str(p) for p in tiny_wavs.rglob("*.wav"))
     assert all(r["class_name"] in TONES and 0.0 < float(r["probability"]) <= 1.0 for r in rows)
+
+
+def test_front_end_stays_float32_under_bf16():
+    from trimlab.models.speech import SpeechClassifier
+
+    model = SpeechClassifier([1, 8000], 5, sample_rate=8000).to(torch.bfloat16).eval()
+    assert model(torch.randn(2, 1, 8000, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    loud = torch.full((1, 1, 8000), 30.0)  # fp16 would overflow on its mel energies
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert torch.isfinite(SpeechClassifier([1, 8000], 5, sample_rate=8000).eval().frontend(loud)).all()

@@ -196,5 +196,42 @@ def test_label_absent_from_training_is_a_clear_error(text_csv, tmp_path):
 @pytest.mark.slow
 def test_missing_pretrained_dir_is_a_clear_error(text_csv, tmp_path):
     overrides = [o for o in text_overrides(text_csv, tmp_path) if not o.startswith("model")]
-    result = run_cli(*FAST, *overrides, "model=hf_encoder", f"model.pretrained_path={tmp_path / 'gone'}", cwd=tmp_path)
-    assert_clear_error(result, str(tmp_path / "gone"), "model.pretrained_path")
+    result = run_cli(
+        *FAST,
+        *overrides,
+        "model=hf_encoder",
+        f"model.pretrained_path={tmp_path / 'gone'}",
+        "data.tokenizer=pretrained",
+        f"data.tokenizer_path={tmp_path / 'gone'}",
+        cwd=tmp_path,
+    )
+    assert_clear_error(result, str(tmp_path / "gone"))
+
+
+def test_pretrained_encoder_with_another_tokenizer_is_refused(text_csv, tmp_path):
+    from trimlab.cli import validate_config
+    from trimlab.errors import ConfigError
+
+    overrides = [o for o in text_overrides(text_csv, tmp_path) if not o.startswith("model")]
+    cfg = compose_train(*overrides, "model=hf_encoder", "model.pretrained_path=/x", output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="data.tokenizer=pretrained"):
+        validate_config(cfg)
+
+
+def test_text_csv_with_a_bom_and_a_short_row(tmp_path):
+    from trimlab.data.text import TextCSVDataModule
+    from trimlab.errors import DataError
+
+    path = tmp_path / "bom.csv"
+    path.write_text("\ufefftext,label\ngood film,pos\nbad film,neg\n", encoding="utf-8")
+    assert TextCSVDataModule(file=str(path)).read()["train"] == (["good film", "bad film"], ["pos", "neg"])
+    path.write_text("text,label\ngood film,pos\nbad film\n", encoding="utf-8")
+    with pytest.raises(DataError, match="row 3 has fewer fields"):
+        TextCSVDataModule(file=str(path)).read()
+
+
+def test_a_model_of_another_modality_is_a_clear_error(tmp_path):
+    from trimlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pick a model for this modality"):
+        build(compose_train("model=transformer", output_dir=tmp_path))

@@ -31,6 +31,43 @@ def test_pretrained_weights_load_and_a_new_head_is_fresh(tmp_path):
     assert torch.equal(target.head[-1].weight, head_before)
 
 
+def test_other_class_names_or_inputs_are_not_taken_for_the_same(tmp_path):
+    from trimlab.transfer import check_same_inputs
+
+    source = tmp_path / "run"
+    (source / "checkpoints").mkdir(parents=True)
+    save_backbone(SmallCNN([1, 8, 8], 3, widths=[8, 16]), source / "checkpoints" / "best.ckpt")
+    (source / "summary.json").write_text(json.dumps({"data": {"class_names": ["a", "b", "c"], "signature": {}}}))
+    target = SmallCNN([1, 8, 8], 3, widths=[8, 16])
+    assert load_pretrained(target, source, {"class_names": ["a", "b", "c"]})["reinitialized"] == []
+    assert load_pretrained(target, source, {"class_names": ["x", "y", "z"]})["reinitialized"] == [
+        "head.3.bias",
+        "head.3.weight",
+    ]
+    with pytest.raises(CheckpointError, match="sample_rate"):
+        check_same_inputs("src", {"signature": {"sample_rate": 8000}}, {"signature": {"sample_rate": 16000}})
+
+
+def test_freezing_under_ddp_is_refused(tmp_path):
+    from conftest import compose_train
+    from trimlab.cli import validate_config
+    from trimlab.errors import ConfigError
+
+    cfg = compose_train("strategy=ddp", "finetune.freeze_epochs=2", output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="freeze_epochs=2"):
+        validate_config(cfg)
+
+
+def test_a_split_too_small_for_its_classes_is_a_clear_error():
+    import numpy as np
+
+    from trimlab.data.base import stratified_split
+    from trimlab.errors import DataError
+
+    with pytest.raises(DataError, match="cannot split"):
+        stratified_split(np.array([0, 0, 0, 1, 2, 2, 2]), [0.3], seed=0)
+
+
 def test_pretrained_from_another_architecture_is_refused(tmp_path):
     checkpoint = save_backbone(SmallCNN([1, 8, 8], 10, widths=[8, 16]), tmp_path / "source.ckpt")
     with pytest.raises(CheckpointError, match="does not fit this model"):

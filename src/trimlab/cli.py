@@ -66,9 +66,29 @@ def validate_config(cfg: DictConfig) -> None:
             key = missing[0] if missing[0].startswith(f"{group}.") else f"{group}.{missing[0]}"
             raise ConfigError(f"{key} is required and not set; pass {key}=<value>")
     check_strategy(cfg)
+    check_pairings(cfg)
     price = _number(cfg, "cost.price_per_hour")
     if price is not None and price < 0:
         raise ConfigError(f"cost.price_per_hour={price} must be >= 0")
+
+
+def check_pairings(cfg: DictConfig) -> None:
+    """Settings that are valid alone but silently wrong together."""
+    model_target = str(OmegaConf.select(cfg, "model._target_", default="") or "")
+    tokenizer = OmegaConf.select(cfg, "data.tokenizer", default=None)
+    if model_target.endswith("PretrainedEncoder") and tokenizer not in (None, "pretrained"):
+        raise ConfigError(
+            "model=hf_encoder needs its own tokenizer (other token ids mean other words): set "
+            "data.tokenizer=pretrained data.tokenizer_path=${model.pretrained_path}"
+        )
+    freeze = _number(cfg, "finetune.freeze_epochs") or 0
+    strategy = OmegaConf.select(cfg, "trainer.strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "auto")
+    if freeze > 0 and any(word in name.lower() for word in ("ddp", "fsdp", "modelparallel", "model_parallel")):
+        raise ConfigError(
+            f"finetune.freeze_epochs={freeze} cannot run under {name.rsplit('.', 1)[-1]}: weights frozen when the "
+            "model is wrapped are never synchronized after unfreezing; train on one device or set it to 0"
+        )
 
 
 def check_strategy(cfg: DictConfig) -> None:

@@ -52,12 +52,21 @@ def make_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, compile
     node = OmegaConf.to_container(cfg.model, resolve=True)
     wants_compile = bool(node.pop("compile", False))
     node.pop("pretrained", None)  # trimlab's key: weights loaded by `train` (transfer.load_pretrained)
-    backbone = make(
-        OmegaConf.create(node),
-        input_shape=list(datamodule.input_shape),
-        num_classes=datamodule.num_classes,
-        **datamodule.model_kwargs,
-    )
+    try:
+        backbone = make(
+            OmegaConf.create(node),
+            input_shape=list(datamodule.input_shape),
+            num_classes=datamodule.num_classes,
+            **datamodule.model_kwargs,
+        )
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, TypeError):  # a model for another modality: arguments do not fit
+            raise
+        raise ConfigError(
+            f"model {node['_target_']} does not fit data {type(datamodule).__name__} ({err.__cause__}); pick a "
+            "model for this modality (vision: cnn, resnet; text: transformer, hf_encoder; speech: speech_cnn, "
+            "speech_resnet)"
+        ) from err
     if compile and wants_compile:
         backbone.compile()  # in place: state_dict keys stay the same, checkpoints load into an eager model
     return backbone
@@ -113,11 +122,12 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         summary = new_summary(cfg, run_dir, run_id, overrides or [])
         validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, task = build(cfg, compile=True)
+        # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
+        datamodule, task = build(cfg, compile=True, artifacts_from=run_dir if cfg.get("ckpt_path") else None)
         if cfg.get("ckpt_path"):
             check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
         elif cfg.model.get("pretrained"):
-            summary["transfer"] = transfer.load_pretrained(task.backbone, cfg.model.pretrained)
+            summary["transfer"] = transfer.load_pretrained(task.backbone, cfg.model.pretrained, datamodule.facts())
         loggers = run_loggers.build_loggers(cfg.get("logger"))
         clock = RunClock("val/acc")
         trainer = build_trainer(cfg, [clock, RNGState(), *finetune_callbacks(cfg)], loggers)
@@ -125,6 +135,7 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         started = True
         if writer:
             report.write_json(summary_path, summary)
+            datamodule.save_artifacts(run_dir)  # before fit: a resume must find the tokenizer it trained with
         if semi.enabled(cfg):  # round 1 on the labelled part; the fit below is round 2
             summary["semi_supervised"] = semi.first_round(
                 cfg, datamodule, task, run_dir, lambda extra: build_trainer(cfg, [*extra, *finetune_callbacks(cfg)], [])
@@ -155,7 +166,6 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
             cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks),
             env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
         )
-        datamodule.save_artifacts(run_dir)
         report.save_plots(run_dir, task.test_probs, task.test_targets, datamodule.class_names)
         run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
     except BaseException as err:

@@ -26,9 +26,9 @@ def is_head(name: str) -> bool:
     return "head" in name.split(".")
 
 
-def pretrained_checkpoint(source: str | Path) -> Path:
-    """A run dir means the checkpoint its summary tested; a file is taken as is."""
-    path = Path(source).expanduser()
+def pretrained_checkpoint(source: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A run dir means the checkpoint its summary tested (and the summary's data facts); a file is taken as is."""
+    path, summary = Path(source).expanduser(), {}
     if path.is_dir():
         summary_path = path / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -38,16 +38,37 @@ def pretrained_checkpoint(source: str | Path) -> Path:
         raise CheckpointError(
             f"model.pretrained={source}: no checkpoint at {path}; pass a finished run dir or a .ckpt file"
         )
-    return path
+    return path, summary.get("data") or {}
 
 
-def load_pretrained(backbone: nn.Module, source: str | Path) -> dict[str, Any]:
-    """Copy matching weights into `backbone`; returns what was loaded and what was re-initialized."""
-    path = pretrained_checkpoint(source)
+def check_same_inputs(source: str | Path, source_data: dict[str, Any], data: dict[str, Any]) -> None:
+    """Weights only transfer between data read the same way (same vocabulary, same sample rate)."""
+    theirs, ours = source_data.get("signature") or {}, data.get("signature") or {}
+    differs = sorted(k for k in set(theirs) & set(ours) if theirs[k] != ours[k])
+    if differs:
+        raise CheckpointError(
+            f"model.pretrained={source} was trained on inputs read another way ({', '.join(differs)}: "
+            f"{[theirs[k] for k in differs]} vs {[ours[k] for k in differs]}); match them (text: "
+            "data.tokenizer=pretrained data.tokenizer_path=<run dir>/tokenizer.json)"
+        )
+
+
+def load_pretrained(backbone: nn.Module, source: str | Path, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy matching weights into `backbone`; returns what was loaded and what was re-initialized.
+
+    `data` is this run's DataModule facts: when given and the source is a run dir, the inputs must be read the
+    same way, and a head trained for other class names is re-initialized even when the count is the same."""
+    path, source_data = pretrained_checkpoint(source)
+    new_classes = False
+    if data is not None and source_data:
+        check_same_inputs(source, source_data, data)
+        new_classes = source_data.get("class_names") != data.get("class_names")
     state = read_checkpoint(path).get("state_dict") or {}
     weights = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     own = backbone.state_dict()
-    fresh_head = sorted(k for k in own if is_head(k) and k in weights and weights[k].shape != own[k].shape)
+    fresh_head = sorted(
+        k for k in own if is_head(k) and k in weights and (new_classes or weights[k].shape != own[k].shape)
+    )
     misfits = sorted(
         f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
         for k in own

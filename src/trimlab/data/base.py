@@ -108,7 +108,15 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
     left = 1.0
     for fraction in fractions:
         share = fraction / left
-        remaining, holdout = train_test_split(remaining, test_size=share, stratify=labels[remaining], random_state=seed)
+        try:
+            remaining, holdout = train_test_split(
+                remaining, test_size=share, stratify=labels[remaining], random_state=seed
+            )
+        except ValueError as err:  # scikit-learn: a class too small to appear on both sides
+            raise DataError(
+                f"cannot split {len(remaining)} examples of {len(np.unique(labels))} classes by {list(fractions)} "
+                f"({err}); use more data or other fractions (data.val_fraction, test_fraction, labelled_fraction)"
+            ) from err
         holdouts.append(np.sort(holdout))
         left -= fraction
     return [np.sort(remaining), *holdouts]
@@ -200,7 +208,12 @@ class ClassificationDataModule(pl.LightningDataModule):
             "class_names": list(self.class_names),
             "input_shape": list(self.input_shape),
             "model_kwargs": dict(self.model_kwargs),
+            "signature": self.signature(),
         }
+
+    def signature(self) -> dict[str, Any]:
+        """What must match for weights trained on this data to mean the same on other data (transfer)."""
+        return {}
 
     def restore(self, run_dir: Path, facts: dict[str, Any]) -> None:
         """Take a finished run's recorded facts (and artifacts such as a tokenizer) instead of loading data."""

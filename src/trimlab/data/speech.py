@@ -130,6 +130,10 @@ class SpeechDataModule(ClassificationDataModule):
     def num_samples(self) -> int:
         return int(self.input_shape[-1])
 
+    def signature(self) -> dict:
+        """The sample rate: the same mel bins mean other frequencies at another rate."""
+        return {"sample_rate": self.sample_rate}
+
     def augment_batch(self, inputs: torch.Tensor) -> torch.Tensor:
         return random_time_shift(random_gain(inputs, self.gain_db), self.shift_samples)
 

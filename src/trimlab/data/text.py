@@ -35,7 +35,7 @@ def read_table(path: Path, delimiter: str, quoting: int, header: bool) -> list[l
     if not path.is_file():
         raise DataError(f"text file not found: {path.absolute()}; set data.root (env TRIMLAB_DATA) or data.file")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a leading BOM is not part of a name
             rows = [row for row in csv.reader(handle, delimiter=delimiter, quoting=quoting) if row]
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read {path} as UTF-8 {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from err
@@ -188,6 +188,10 @@ class TextDataModule(ClassificationDataModule):
         drop = droppable & (torch.rand(ids.shape, device=ids.device) < self.token_dropout)
         return {**inputs, "input_ids": ids.masked_fill(drop, self.tokenizer.unk_id)}
 
+    def signature(self) -> dict:
+        """The vocabulary: embeddings trained with one tokenizer are noise under another."""
+        return {"tokenizer": fingerprint(np.frombuffer(self.tokenizer.to_str().encode(), dtype=np.uint8))}
+
     def save_artifacts(self, run_dir: Path) -> None:
         from trimlab.report import write_text
 
@@ -291,8 +295,10 @@ class TextCSVDataModule(TextDataModule):
                     f"set data.{role}_column=<one of them>"
                 )
         text_at, label_at = header.index(self.text_column), header.index(self.label_column)
-        body = [r for r in rows[1:] if len(r) > max(text_at, label_at)]
-        return [r[text_at] for r in body], [r[label_at].strip() for r in body]
+        short = [number for number, row in enumerate(rows[1:], start=2) if len(row) <= max(text_at, label_at)]
+        if short:
+            raise DataError(f"{path}: row {short[0]} has fewer fields than the header ({len(short)} such rows)")
+        return [r[text_at] for r in rows[1:]], [r[label_at].strip() for r in rows[1:]]
 
     def read(self) -> dict[str, Rows]:
         out = {"train": self.read_file(self.path(self.file))}

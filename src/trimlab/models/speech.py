@@ -145,19 +145,24 @@ class LogMel(nn.Module):
         return num_samples // self.hop_length + 1  # centred STFT
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        signal = waveform.reshape(waveform.shape[0], -1).float()  # mono (N, 1, T) → (N, T)
+        # Always float32, whatever the run's precision: bf16 weights would not match the float power spectrum,
+        # and in fp16 a loud clip's mel energies overflow (65,504 max).
+        with torch.autocast(waveform.device.type, enabled=False):
+            return self.features(waveform.reshape(waveform.shape[0], -1).float())  # mono (N, 1, T) → (N, T)
+
+    def features(self, signal: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(
             signal,
             self.n_fft,
             hop_length=self.hop_length,
             win_length=self.win_length,
-            window=self.window,
+            window=self.window.float(),
             center=True,
             pad_mode="reflect",
             return_complex=True,
         )
         power = torch.view_as_real(spec).pow(2).sum(-1)  # (N, n_freqs, frames)
-        features = torch.log(torch.matmul(self.mel_basis, power) + LOG_FLOOR)[:, None]  # (N, 1, n_mels, frames)
+        features = torch.log(torch.matmul(self.mel_basis.float(), power) + LOG_FLOOR)[:, None]  # (N, 1, n_mels, frames)
         if self.normalize:
             mean = features.mean(dim=(-2, -1), keepdim=True)
             std = features.std(dim=(-2, -1), keepdim=True)
@@ -222,4 +227,5 @@ class SpeechClassifier(nn.Module):
         self.body = (body or default_body)(input_shape=self.spectrogram_shape, num_classes=num_classes)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.body(self.frontend(waveform))
+        features = self.frontend(waveform)  # float32; the body runs in the run's precision
+        return self.body(features.to(next(self.body.parameters()).dtype))
