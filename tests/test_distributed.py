@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,16 @@ def test_two_nodes_by_torchrun_match_one_node_with_two_devices(single_and_ddp, t
             f"hydra.run.dir={run_dir}", *own,
         ]  # fmt: skip
         nodes.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [node.communicate(timeout=300) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:]
+        time.sleep(2)  # node 0 hosts the rendezvous store: let it listen first
+    try:  # node 1 first: if it dies, node 0 would wait for it until the timeout and hide why
+        second = nodes[1].communicate(timeout=300)
+        if nodes[1].returncode != 0:
+            nodes[0].kill()
+        outputs = [nodes[0].communicate(timeout=300), second]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], (outputs[0][1][-2000:], outputs[1][1][-2000:])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env"]["num_nodes"] == 2 and summary["env"]["world_size"] == 2
     for key in ("test/acc", "test/f1_macro", "test/auroc_macro"):
