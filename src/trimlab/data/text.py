@@ -102,7 +102,7 @@ class TextDataModule(ClassificationDataModule):
             np.array([index[label] for _, labels in rows.values() for label in labels]),
             extra=f"{type(self).__name__}:{self.split_seed}:{self.max_length}",
         )
-        self.tokenizer = self.make_tokenizer(rows["train"][0])
+        self.use_tokenizer(self.make_tokenizer(rows["train"][0]))
         return {
             split: ArrayDataset(self.encode(texts), torch.tensor([index[label] for label in labels]))
             for split, (texts, labels) in rows.items()
@@ -153,19 +153,9 @@ class TextDataModule(ClassificationDataModule):
     def encode(self, texts: list[str]) -> list[torch.Tensor]:
         return [torch.tensor(e.ids, dtype=torch.int32) for e in self.tokenizer.encode_batch(texts)]
 
-    @property
-    def model_kwargs(self) -> dict:
-        if self.tokenizer is None:
-            return self._model_kwargs
-        return {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": self.pad_id}
-
-    @model_kwargs.setter
-    def model_kwargs(self, value: dict) -> None:
-        self._model_kwargs = value
-
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.padding["pad_id"] if self.tokenizer.padding else 0
+    def use_tokenizer(self, tokenizer) -> None:
+        self.tokenizer, self.pad_id = tokenizer, tokenizer.pad_token_id
+        self.model_kwargs = {"vocab_size": tokenizer.get_vocab_size(), "pad_id": self.pad_id}
 
     def pad_batch(self, items: list[tuple[torch.Tensor, torch.Tensor]]):
         """Dynamic padding: each batch is as long as its longest text, not `max_length`."""
@@ -202,7 +192,7 @@ class TextDataModule(ClassificationDataModule):
         path = Path(run_dir) / "tokenizer.json"
         if not path.is_file():
             raise DataError(f"{path} is missing: the run's tokenizer is needed to read text; re-run the training")
-        self.tokenizer = load_tokenizer(path, self.max_length)
+        self.use_tokenizer(load_tokenizer(path, self.max_length))
 
     def predict_dataset(self, path: Path) -> tuple[list[str], ArrayDataset]:
         """A text file with one text per line (blank lines skipped)."""

@@ -29,10 +29,6 @@ class Tokenizer:
         self.pad_token_id = vocab.get("[PAD]", 0)
         self.special_ids = [vocab[token] for token in SPECIALS if token in vocab]
 
-    @property
-    def padding(self) -> dict:
-        return {"pad_id": self.pad_token_id}
-
     def encode_batch(self, texts: list[str]):
         return self.backend.encode_batch(texts)
 
