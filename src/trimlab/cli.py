@@ -67,6 +67,7 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} is required and not set; pass {key}=<value>")
     check_strategy(cfg)
     check_pairings(cfg)
+    check_compression(cfg)
     price = _number(cfg, "cost.price_per_hour")
     if price is not None and price < 0:
         raise ConfigError(f"cost.price_per_hour={price} must be >= 0")
@@ -89,6 +90,38 @@ def check_pairings(cfg: DictConfig) -> None:
             f"finetune.freeze_epochs={freeze} cannot run under {name.rsplit('.', 1)[-1]}: weights frozen when the "
             "model is wrapped are never synchronized after unfreezing; train on one device or set it to 0"
         )
+
+
+def check_compression(cfg: DictConfig) -> None:
+    """Stage knobs that can be judged from the config alone (the model-dependent checks run before fit)."""
+    for key, low in (("prune.sparsity", 0.0), ("prune_structured.channel_ratio", 0.0)):
+        value = OmegaConf.select(cfg, f"compression.{key}", default=None)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < 1
+        ):
+            raise ConfigError(f"compression.{key}={value!r} is outside [0, 1); set a fraction such as 0.5")
+    if OmegaConf.select(cfg, "compression.distill") is not None:
+        teacher = OmegaConf.select(cfg, "compression.distill.teacher")
+        if not teacher or not (Path(str(teacher)).expanduser() / "summary.json").is_file():
+            raise ConfigError(
+                f"compression.distill.teacher={teacher}: no finished run there (no summary.json); pass the run dir "
+                "of a completed trimlab-train run"
+            )
+
+
+def check_listed_once(overrides: list[str]) -> None:
+    """Hydra merges `compression=[prune,prune]` silently into one stage: refuse it instead."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") != "compression" or not value.startswith("["):
+            continue
+        names = [name.strip() for name in value.strip("[]").split(",") if name.strip()]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ConfigError(
+                f"compression stage {', '.join(twice)} is listed twice in {override}; list each stage once "
+                "(raise its strength instead, e.g. compression.prune.sparsity=0.8)"
+            )
 
 
 def check_strategy(cfg: DictConfig) -> None:
@@ -139,9 +172,11 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def _one_line(err: Exception) -> str:
-    if isinstance(err, MissingConfigException) and err.options is not None:
+    if isinstance(err, MissingConfigException) and "/" in str(err.missing_cfg_file or ""):
         group, _, option = str(err.missing_cfg_file).rpartition("/")
-        return f"unknown option '{option}' for '{group}'; available: {', '.join(err.options)} (use {group}=<option>)"
+        # Hydra lists the options for `group=x`, not for an element of a list (`compression=[a,x]`).
+        options = err.options or sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+        return f"unknown option '{option}' for '{group}'; available: {', '.join(options)} (use {group}=<option>)"
     return " ".join(str(err).split())
 
 
@@ -228,6 +263,7 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
     if args.config_name and args.config_name != config_name:
         return argv
     try:
+        check_listed_once(args.overrides)
         variants = _variants(args.overrides)
         configs = [_compose(config_name, overrides) for overrides in variants]
         for cfg in configs:

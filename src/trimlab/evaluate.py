@@ -31,30 +31,40 @@ def load_run(run_dir: Path, data_root: str | None = None) -> tuple[DictConfig, d
     return cfg, summary
 
 
+def is_compressed(which: str, summary: dict[str, Any]) -> bool:
+    """`deployed` means the compressed artifact when the run has one (its summary's final metrics are its)."""
+    return which == "deployed" and bool(summary.get("compression"))
+
+
 def checkpoint_path(run_dir: Path, which: str, summary: dict[str, Any]) -> Path:
-    if which == "best":
+    if which in ("best", "deployed"):
         path = run_dir / (summary.get("checkpoint") or "checkpoints/best.ckpt")  # relative: run dirs move
     elif which == "last":
         path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(which)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt=best, ckpt=last or ckpt=<file>")
+        raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt=deployed, best, last or <file>")
     return path
 
 
-def evaluate(run_dir: Path, ckpt: str = "best", data_root: str | None = None) -> dict[str, Any]:
+def evaluate(run_dir: Path, ckpt: str = "deployed", data_root: str | None = None) -> dict[str, Any]:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
     from trimlab.checkpoints import load_weights
     from trimlab.cost import RunClock
     from trimlab.pipeline import build, test_metrics
-    from trimlab.report import write_json
 
     cfg, summary = load_run(run_dir, data_root)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg, artifacts_from=run_dir)
+    if is_compressed(ckpt, summary):
+        from trimlab.compression import artifact
+        from trimlab.compression.chain import evaluate_model
+
+        metrics = evaluate_model(artifact.load(run_dir, cfg, datamodule), datamodule)["metrics"]
+        return compare(run_dir, summary, metrics, run_dir / summary["compression"]["artifact"]["path"])
     path = checkpoint_path(run_dir, ckpt, summary)
     load_weights(task, path)
     # The run's own trainer settings (precision, test batch limits...) on one device, without its side effects.
@@ -70,7 +80,12 @@ def evaluate(run_dir: Path, ckpt: str = "best", data_root: str | None = None) ->
         default_root_dir=str(run_dir),
     )
     trainer.test(task, datamodule=datamodule, verbose=False)
-    metrics = test_metrics(trainer, task, RunClock())
+    return compare(run_dir, summary, test_metrics(trainer, task, RunClock()), path)
+
+
+def compare(run_dir: Path, summary: dict[str, Any], metrics: dict[str, Any], path: Path) -> dict[str, Any]:
+    from trimlab.report import write_json
+
     trained = summary.get("metrics", {})
     diffs = {k: abs(metrics[k] - trained[k]) for k in HEADLINE if k in metrics and trained.get(k) is not None}
     result = {

@@ -1,7 +1,7 @@
 """One run, top to bottom: build → fit → test → measure cost → report.
 
 `train` is what `trimlab-train` runs inside its Hydra job; tests call it directly with a composed config.
-Compression stages plug in between fit and test (see `compression`); here the trained model is deployed as is.
+Compression stages (see `compression`) may change the fit and transform the tested model into the deployed one.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from trimlab import compression, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
-from trimlab import report, rundir, semi, transfer
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
 from trimlab.cli import validate_config
 from trimlab.cost import RunClock, measure, peak_memory_mb
@@ -124,6 +124,9 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
         datamodule, task = build(cfg, compile=True, artifacts_from=run_dir if cfg.get("ckpt_path") else None)
+        stages = compression.build_stages(cfg)
+        for stage in stages:  # before any training: a stage that cannot apply fails now, not after the fit
+            stage.check(datamodule, task.backbone)
         if cfg.get("ckpt_path"):
             check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
         elif cfg.model.get("pretrained"):
@@ -140,6 +143,8 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
             summary["semi_supervised"] = semi.first_round(
                 cfg, datamodule, task, run_dir, lambda extra: build_trainer(cfg, [*extra, *finetune_callbacks(cfg)], [])
             )
+        for stage in stages:
+            stage.wrap(task, datamodule)
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
 
@@ -166,7 +171,10 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
             cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks),
             env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
         )
-        report.save_plots(run_dir, task.test_probs, task.test_targets, datamodule.class_names)
+        probs, targets = task.test_probs, task.test_targets
+        if stages:
+            probs, targets = apply_compression(summary, cfg, stages, deployable, datamodule, run_dir, task)
+        report.save_plots(run_dir, probs, targets, datamodule.class_names)
         run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
     except BaseException as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -179,6 +187,28 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
     report.print_table(summary)
     print(summary["run_dir"], flush=True)
     return summary
+
+
+def apply_compression(summary: dict, cfg: DictConfig, stages: list, model, datamodule, run_dir: Path, task) -> tuple:
+    """Compress the tested model; its final metrics and cost replace the trained model's in the summary."""
+    from trimlab.compression.chain import compress
+
+    result = compress(cfg, stages, model.cpu(), datamodule, run_dir, task)
+    fit_keys = ("train", "time_to", "first_step", "step_", "peak_mem", "processes", "price")
+    training = {k: v for k, v in summary["cost"].items() if k.startswith(fit_keys)}
+    stage_seconds = sum(cost["stage_time_s"] for cost in result["cost_after"].values())
+    summary["compression"] = result["record"]
+    summary["metrics"] = {
+        **result["final"]["metrics"],
+        **{k: v for k, v in summary["metrics"].items() if k.startswith("train/")},
+        "baseline": result["baseline_metrics"],
+        "after": result["metrics_after"],
+    }
+    summary["cost"] = {
+        **result["final_cost"], **training, "compression_time_s": round(stage_seconds, 3),
+        "baseline": result["baseline_cost"], "after": result["cost_after"],
+    }  # fmt: skip
+    return result["final"]["probs"], result["final"]["targets"]
 
 
 def finetune_callbacks(cfg: DictConfig) -> list[pl.Callback]:

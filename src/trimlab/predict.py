@@ -16,13 +16,14 @@ from trimlab.cli import config_dir, launch
 from trimlab.errors import TrimlabError, fail, full_errors
 
 
-def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "best", batch_size: int = 256) -> Path:
+def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deployed", batch_size: int = 256) -> Path:
     import torch
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader
 
     from trimlab.checkpoints import load_weights
-    from trimlab.evaluate import checkpoint_path, load_run
+    from trimlab.cost import call
+    from trimlab.evaluate import checkpoint_path, is_compressed, load_run
     from trimlab.pipeline import make_backbone
     from trimlab.report import write_text
 
@@ -32,15 +33,19 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "best"
     datamodule = instantiate(cfg.data)
     datamodule.restore(run_dir, summary["data"])
     class_names = datamodule.class_names
-    backbone = make_backbone(cfg, datamodule)
-    task = instantiate(cfg.task, backbone=backbone, num_classes=len(class_names), class_names=class_names)
-    load_weights(task, checkpoint_path(run_dir, ckpt, summary))
-    task.eval()
+    if is_compressed(ckpt, summary):
+        from trimlab.compression import artifact
+
+        model = artifact.load(run_dir, cfg, datamodule)
+    else:
+        task = instantiate(cfg.task, backbone=make_backbone(cfg, datamodule), num_classes=len(class_names))
+        load_weights(task, checkpoint_path(run_dir, ckpt, summary))
+        model = task.eval().backbone
 
     names, dataset = datamodule.predict_dataset(inputs)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=datamodule.collate)
     with torch.inference_mode():
-        probs = torch.cat([task(batch_inputs).softmax(-1) for batch_inputs, _ in loader])
+        probs = torch.cat([call(model, batch_inputs).float().softmax(-1) for batch_inputs, _ in loader])
     confidence, index = probs.max(-1)
 
     buffer = io.StringIO()

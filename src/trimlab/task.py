@@ -43,6 +43,8 @@ class ClassificationTask(pl.LightningModule):
         self._test_probs: list[torch.Tensor] = []
         self._test_targets: list[torch.Tensor] = []
         self.test_report: dict = {}
+        # Set by the distill stage: a plain object (not a module), so a teacher is never trained or saved here.
+        self.distillation: Callable[..., torch.Tensor] | None = None
 
     def configure_model(self) -> None:
         """Under ModelParallelStrategy, shard the backbone with FSDP2: each layer with parameters, then the root."""
@@ -66,9 +68,12 @@ class ClassificationTask(pl.LightningModule):
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        inputs, target = batch
+        inputs, target, *teacher_logits = batch  # a batch carries a teacher's logits when they were cached
         logits = self(inputs)
-        loss = self.loss(logits, target)
+        if self.distillation is not None:
+            loss = self.distillation(logits, target, teacher_logits[0] if teacher_logits else None, inputs)
+        else:
+            loss = self.loss(logits, target)
         if self.train_metrics is not None:
             self.train_metrics.update(logits.detach().softmax(-1), target)
         # self.log costs ~0.5 ms a call: pay it only on the steps the loggers write (trainer.log_every_n_steps).

@@ -258,8 +258,8 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.augment and self.trainer is not None and self.trainer.training:
-            inputs, target = batch
-            return self.augment_batch(inputs), target
+            inputs, *rest = batch  # rest: the target, and a teacher's logits when distilling
+            return (self.augment_batch(inputs), *rest)
         return batch
 
     def augment_batch(self, inputs):

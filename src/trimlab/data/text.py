@@ -159,14 +159,14 @@ class TextDataModule(ClassificationDataModule):
 
     def pad_batch(self, items: list[tuple[torch.Tensor, torch.Tensor]]):
         """Dynamic padding: each batch is as long as its longest text, not `max_length`."""
-        ids, targets = zip(*items, strict=True)
+        ids, *rest = zip(*items, strict=True)  # rest: targets, and a teacher's logits when distilling
         length = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), length), dtype=torch.long)
         for row, x in enumerate(ids):
             input_ids[row, : len(x)] = x
             attention_mask[row, : len(x)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}, torch.stack(targets)
+        return ({"input_ids": input_ids, "attention_mask": attention_mask}, *(torch.stack(r) for r in rest))
 
     def augment_batch(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Token dropout: replace a fraction of real tokens (never [CLS]/[SEP]/padding) with [UNK]."""

@@ -1,0 +1,113 @@
+"""Compression stages: each makes the trained model cheaper, and the ledger proves by how much.
+
+A stage has up to three hooks, used in the order the user lists the stages (`compression=[a,b,c]`):
+- `wrap(task, datamodule)`: change how the main fit trains (distillation adds a teacher's soft targets);
+- `apply(model, context)`: transform the trained model after fit, fine-tuning it when the stage needs to;
+- `save_state` / `rebuild`: what the run dir keeps so the compressed model loads again (`artifact`).
+
+`chain.compress` runs them, measures cost and metrics after each, and saves the final artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from trimlab.errors import ConfigError
+
+STAGES = ("prune", "prune_structured", "quantize_dynamic", "quantize_static", "qat", "bf16", "distill")
+
+
+@dataclass
+class Context:
+    """What a stage may use: the run's config and data, where to write, and how to fine-tune."""
+
+    cfg: DictConfig
+    datamodule: Any
+    run_dir: Path
+    sample: Any  # one test batch's inputs: export examples and cost measurements
+    finetune: Callable[..., nn.Module]  # (model, epochs, callbacks, lr_factor) -> the fine-tuned model
+    records: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base: a stage that changes nothing. `exports` marks stages whose result is a `torch.export` program."""
+
+    name = "stage"
+    exports = False
+    trains_main_fit = False  # distillation: acts during the main fit, so it must come first
+
+    def check(self, datamodule: Any, model: nn.Module) -> None:
+        """Fail before training when the stage cannot apply to this data or (untrained) model."""
+
+    def wrap(self, task: Any, datamodule: Any) -> None:
+        """Change the main fit (distillation gives the task a teacher's loss)."""
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        return model
+
+    def facts(self) -> dict[str, Any]:
+        """What the summary records about what the stage did (sparsity reached, channels kept, ...)."""
+        return {}
+
+
+def stage_names(cfg: DictConfig) -> list[str]:
+    return [str(name) for name in (cfg.get("compression") or {})]
+
+
+def build_stages(cfg: DictConfig) -> list[Stage]:
+    """The stages in the order listed; each option file holds one key, the stage's name."""
+    from trimlab.pipeline import make
+
+    stages = []
+    for name in stage_names(cfg):
+        if name not in STAGES:
+            raise ConfigError(f"unknown compression stage '{name}'; available: {', '.join(STAGES)}")
+        stage = make(cfg.compression[name])
+        stage.name = name
+        stages.append(stage)
+    for position, stage in enumerate(stages):
+        if stage.trains_main_fit and position > 0:
+            raise ConfigError(f"compression stage '{stage.name}' trains the model: list it first")
+    return stages
+
+
+def check_range(name: str, value: Any, low: float, high: float, hint: str) -> float:
+    """A knob in [low, high): one clear error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
+        raise ConfigError(f"compression.{name}={value!r} is outside [{low}, {high}); {hint}")
+    return float(value)
+
+
+def resolved_cost_cfg(cfg: DictConfig) -> DictConfig:
+    """The run's `cost` config with `compile: auto` made true: a compressed model is deployed compiled."""
+    cost = OmegaConf.to_container(cfg.cost, resolve=True)
+    if cost.get("compile", "auto") == "auto":
+        cost["compile"] = True
+    return OmegaConf.create(cost)
+
+
+def target_modules(model: nn.Module, kinds: list[str]) -> list[tuple[str, nn.Module]]:
+    """Modules of the named classes (`Linear`, `Conv2d`, ...), in definition order."""
+    wanted = tuple(getattr(nn, kind) for kind in kinds)
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, wanted)]
+
+
+def classifier_head(model: nn.Module) -> nn.Module | None:
+    """The last Linear under `head` (every trimlab backbone names its classifier so): kept whole by pruning."""
+    head = model.get_submodule("body.head") if hasattr(model, "body") and hasattr(model.body, "head") else None
+    head = head if head is not None else getattr(model, "head", None)
+    if head is None:
+        return None
+    linears = [m for m in ([head] if isinstance(head, nn.Linear) else head.modules()) if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def floats_equal(first: torch.Tensor, second: torch.Tensor) -> bool:
+    return first.shape == second.shape and bool(torch.equal(first, second))

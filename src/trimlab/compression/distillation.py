@@ -1,0 +1,180 @@
+"""Knowledge distillation: a student (the run's `model`) learns from a finished run's model, its teacher.
+
+Loss (Hinton et al. 2015): α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1−α)·CE(student, label).
+The teacher's logits over the train split are computed once, in the teacher's own input format (its tokenizer,
+its sample rate), and cached per (teacher checkpoint, data): a MiniLM teacher then costs one pass, not one per
+epoch, and can teach a student that reads text with another tokenizer. With `cache: false` the teacher runs on
+each student batch instead (same inputs needed; the student's augmentations then reach the teacher too).
+The teacher is frozen, in eval mode, and held outside the student's module tree: never trained, never saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from trimlab.compression import Stage
+from trimlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class DistillationLoss:
+    """Callable the task uses in place of its cross-entropy (a plain object: the teacher stays unregistered)."""
+
+    def __init__(self, temperature: float, alpha: float, teacher: nn.Module | None = None) -> None:
+        self.temperature, self.alpha, self.teacher = temperature, alpha, teacher
+
+    def teacher_logits(self, inputs: Any, device: torch.device) -> torch.Tensor:
+        self.teacher.to(device).eval()
+        with torch.no_grad():
+            return self.teacher(**inputs) if isinstance(inputs, dict) else self.teacher(inputs)
+
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None, inputs
+    ) -> torch.Tensor:
+        if teacher is None:
+            teacher = self.teacher_logits(inputs, logits.device)
+        t = self.temperature
+        soft = F.kl_div(
+            F.log_softmax(logits.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
+            log_target=True, reduction="batchmean",
+        )  # fmt: skip
+        return self.alpha * t * t * soft + (1 - self.alpha) * F.cross_entropy(logits, target)
+
+
+class WithTeacherLogits(Dataset):
+    """The student's train split with each item's cached teacher logits as a third element."""
+
+    def __init__(self, dataset: Any, logits: torch.Tensor) -> None:
+        self.dataset, self.logits = dataset, logits
+        self.inputs, self.targets = dataset.inputs, dataset.targets  # samplers read lengths and labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        inputs, target = self.dataset[index]
+        return inputs, target, self.logits[index]
+
+
+class Distill(Stage):
+    trains_main_fit = True
+
+    def __init__(self, teacher: str | None = None, temperature: float = 4.0, alpha: float = 0.7, cache: bool = True,
+                 cache_dir: str | None = None) -> None:  # fmt: skip
+        if not teacher:
+            raise ConfigError("compression.distill.teacher is not set; pass compression.distill.teacher=<run dir>")
+        self.teacher_dir = Path(teacher).expanduser()
+        if not (self.teacher_dir / "summary.json").is_file():
+            raise ConfigError(
+                f"compression.distill.teacher={teacher}: no finished run there (no summary.json); "
+                "pass the run dir of a completed trimlab-train run"
+            )
+        if not temperature > 0 or not 0 <= alpha <= 1:
+            raise ConfigError(f"compression.distill: temperature={temperature} must be > 0, alpha={alpha} in [0, 1]")
+        self.temperature, self.alpha, self.cache = float(temperature), float(alpha), bool(cache)
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "trimlab") / "teacher_logits"
+        self.teacher: nn.Module | None = None
+        self.teacher_data: Any = None
+        self.teacher_metrics: dict[str, Any] = {}
+
+    def check(self, datamodule: Any, model: nn.Module) -> None:
+        from trimlab.evaluate import load_run
+
+        _, summary = load_run(self.teacher_dir)
+        if summary.get("status") != "completed":
+            raise ConfigError(f"teacher {self.teacher_dir} did not complete (status {summary.get('status')})")
+        names = list(summary.get("data", {}).get("class_names", []))
+        if len(names) != datamodule.num_classes:
+            raise ConfigError(
+                f"teacher {self.teacher_dir} predicts {len(names)} classes, this data has {datamodule.num_classes}; "
+                "distill from a teacher trained on the same classes"
+            )
+        if names != list(datamodule.class_names):
+            raise ConfigError(f"teacher classes {names} differ from this data's {datamodule.class_names}")
+        self.teacher_metrics = summary.get("metrics", {})
+
+    def wrap(self, task: Any, datamodule: Any) -> None:
+        """Load the teacher, give the task the distillation loss, and the train split its teacher logits."""
+        self.teacher, self.teacher_data = load_teacher(self.teacher_dir)
+        for parameter in self.teacher.parameters():
+            parameter.requires_grad_(False)
+        self.teacher.eval()
+        if self.cache:
+            train = datamodule.splits["train"]
+            datamodule.splits["train"] = WithTeacherLogits(train, self.cached_logits(datamodule))
+            task.distillation = DistillationLoss(self.temperature, self.alpha)
+            return
+        if self.teacher_data.signature() != datamodule.signature() or type(self.teacher_data) is not type(datamodule):
+            raise ConfigError(
+                "compression.distill.cache=false runs the teacher on the student's batches, but the teacher reads "
+                "its inputs another way (tokenizer, sample rate or dataset); use cache=true"
+            )
+        task.distillation = DistillationLoss(self.temperature, self.alpha, self.teacher)
+
+    def cached_logits(self, datamodule: Any) -> torch.Tensor:
+        student, teacher = datamodule.splits["train"], self.teacher_data.splits["train"]
+        if len(student) != len(teacher) or not torch.equal(student.targets, teacher.targets):
+            raise ConfigError(
+                f"the teacher's train split ({len(teacher)} items) is not the student's ({len(student)}): distill "
+                "on the same dataset and split settings (split_seed, val_fraction, labelled_fraction)"
+            )
+        checkpoint = teacher_checkpoint(self.teacher_dir)
+        stat = checkpoint.stat()
+        key = f"{checkpoint.absolute()}|{stat.st_size}|{stat.st_mtime_ns}|{self.teacher_data.data_fingerprint}"
+        path = self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        if path.is_file():
+            logits = torch.load(path, weights_only=True)
+            if logits.shape[0] == len(student):
+                return logits
+        log.info("computing the teacher's logits over %d train items (cached in %s)", len(teacher), path)
+        logits = predict_logits(self.teacher, teacher, self.teacher_data.collate, self.teacher_data.eval_batch_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        torch.save(logits, temporary)
+        temporary.replace(path)
+        return logits
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "teacher": str(self.teacher_dir.absolute()),
+            "teacher_params": sum(p.numel() for p in self.teacher.parameters()) if self.teacher else None,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "cached_teacher_logits": self.cache,
+        }
+
+
+def teacher_checkpoint(run_dir: Path) -> Path:
+    from trimlab.transfer import pretrained_checkpoint
+
+    return pretrained_checkpoint(run_dir)[0]
+
+
+def load_teacher(run_dir: Path) -> tuple[nn.Module, Any]:
+    """The teacher's backbone with its tested weights, and its DataModule (its own tokenizer, from its run dir)."""
+    from trimlab.checkpoints import load_weights
+    from trimlab.evaluate import load_run
+    from trimlab.pipeline import build
+
+    cfg, _ = load_run(run_dir)
+    datamodule, task = build(cfg, artifacts_from=run_dir)
+    load_weights(task, teacher_checkpoint(run_dir))
+    return task.backbone.eval(), datamodule
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, dataset: Dataset, collate: Any, batch_size: int) -> torch.Tensor:
+    model.eval()
+    outputs = []
+    for inputs, _ in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        outputs.append((model(**inputs) if isinstance(inputs, dict) else model(inputs)).float())
+    return torch.cat(outputs)

@@ -1,0 +1,156 @@
+"""Quantization on PT2E (`torch.export` → prepare → calibrate or train → convert, x86 inductor quantizer) and
+bf16. Every stage's result is an exported graph, deployed `torch.compile`d with inductor freezing: int8 in
+eager mode is *slower* than fp32 on CPU; the speedup comes from the fused int8 kernels compile generates.
+`torch.ao.quantization` eager/FX is deprecated and not used.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import islice
+from typing import Any
+
+import torch
+from torch import nn
+
+from trimlab.compression import Context, Stage
+from trimlab.compression.artifact import export_program, strip_dead_weights
+
+
+def quantizer(dynamic: bool = False, qat: bool = False):
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    config = get_default_x86_inductor_quantization_config(is_dynamic=dynamic, is_qat=qat)
+    return X86InductorQuantizer().set_global(config)
+
+
+def capture(model: nn.Module, context: Context) -> torch.fx.GraphModule:
+    max_length = int(context.datamodule.input_shape[0]) if isinstance(context.sample, dict) else 512
+    return export_program(model, context.sample, max_length).module()
+
+
+def call(model: nn.Module, inputs: Any) -> torch.Tensor:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def calibrate(prepared: nn.Module, context: Context, batches: int) -> None:
+    """Observers see activations of train batches (never test ones)."""
+    with torch.no_grad():
+        for batch in islice(context.datamodule.train_dataloader(), max(1, batches)):
+            call(prepared, batch[0])
+
+
+def int8_ops(graph_module: torch.fx.GraphModule) -> dict[str, int]:
+    counts = Counter(
+        str(node.target).split(".")[1]
+        for node in graph_module.graph.nodes
+        if node.op == "call_function" and "quantized_decomposed" in str(node.target)
+    )
+    int8 = sum(1 for _, tensor in graph_module.named_buffers() if tensor.dtype == torch.int8)
+    return {**dict(sorted(counts.items())), "int8_tensors": int8}
+
+
+class Exported(Stage):
+    """A stage whose result is an exported graph: the model must export, which is checked before training."""
+
+    exports = True
+
+    def check(self, datamodule: Any, model: nn.Module) -> None:
+        sample = next(iter(datamodule.test_dataloader()))[0]
+        max_length = int(datamodule.input_shape[0]) if isinstance(sample, dict) else 512
+        export_program(model.eval(), sample, max_length)
+        model.train()
+
+
+class QuantizeStatic(Exported):
+    dynamic = False
+
+    def __init__(self, calibration_batches: int = 32) -> None:
+        self.calibration_batches = int(calibration_batches)
+        self.ops: dict[str, int] = {}
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        prepared = prepare_pt2e(capture(model.eval(), context), quantizer(dynamic=self.dynamic))
+        calibrate(prepared, context, self.calibration_batches)
+        converted = strip_dead_weights(convert_pt2e(prepared))
+        self.ops = int8_ops(converted)
+        return converted
+
+    def facts(self) -> dict[str, Any]:
+        return {"int8_ops": self.ops, "activations": "dynamic" if self.dynamic else "static (calibrated)"}
+
+
+class QuantizeDynamic(QuantizeStatic):
+    dynamic = True
+
+    def __init__(self, calibration_batches: int = 1) -> None:
+        super().__init__(calibration_batches)
+
+
+class TrainableGraph(nn.Module):
+    """An exported graph that Lightning can switch between train and eval: exported programs refuse
+    `.train()`/`.eval()`; PT2E moves batch-norm and dropout between modes by rewriting the graph."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+
+    def train(self, mode: bool = True) -> TrainableGraph:
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.graph_module)
+        self.training = mode
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.graph_module(*args, **kwargs)
+
+
+class QuantizationAwareTraining(QuantizeStatic):
+    """Fake-quantized fine-tuning, so the weights learn to live with int8 rounding; then converted to int8."""
+
+    def __init__(self, epochs: int = 2, lr_factor: float = 0.1, calibration_batches: int = 8) -> None:
+        super().__init__(calibration_batches)
+        self.epochs, self.lr_factor = int(epochs), float(lr_factor)
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+        prepared = TrainableGraph(prepare_qat_pt2e(capture(model.train(), context), quantizer(qat=True)))
+        calibrate(prepared.eval(), context, self.calibration_batches)  # initial ranges before the first step
+        prepared = context.finetune(prepared, self.epochs, [], self.lr_factor)
+        prepared.eval()
+        converted = strip_dead_weights(convert_pt2e(prepared.graph_module))
+        self.ops = int8_ops(converted)
+        return converted
+
+    def facts(self) -> dict[str, Any]:
+        return {"int8_ops": self.ops, "qat_epochs": self.epochs}
+
+
+def cast_inputs(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Float inputs enter in `dtype`, logits leave as float32: hooks (which export traces) keep the model's own
+    signature, so the exported program takes the same inputs as the fp32 model."""
+
+    def cast(value: Any) -> Any:
+        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    model.register_forward_pre_hook(
+        lambda _, args, kwargs: (tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}),
+        with_kwargs=True,
+    )
+    model.register_forward_hook(lambda _, args, output: output.float())
+    return model
+
+
+class BFloat16(Exported):
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        return capture(cast_inputs(model.eval().to(torch.bfloat16), torch.bfloat16), context)
+
+    def facts(self) -> dict[str, Any]:
+        return {"dtype": "bfloat16"}
