@@ -208,11 +208,14 @@ def test_qat_fine_tunes_fake_quantized_weights_then_converts_to_int8(tmp_path):
 
 def test_bf16_stage_runs_in_bfloat16_and_returns_float32(tmp_path):
     model, context = cnn_context(tmp_path)
+    reference = model(context.sample)
     converted = BFloat16().apply(model, context)
     assert any(t.dtype == torch.bfloat16 for t in converted.state_dict().values())
     output = converted(context.sample)
     assert output.dtype == torch.float32
-    assert (output - model(context.sample)).abs().max() < 0.2
+    assert (output - reference).abs().max() < 0.2
+    reloaded = saved_program_outputs(converted, context, tmp_path)
+    assert torch.equal(reloaded(context.sample), output)
 
 
 def test_a_model_that_cannot_be_exported_is_named():
@@ -274,3 +277,19 @@ def test_compiled_timings_sit_beside_the_eager_ones(tmp_path):
     import torch._inductor.config as inductor_config
 
     assert inductor_config.freezing is False  # the setting was scoped to the measurement
+
+
+def test_loggers_get_the_per_stage_figures_flat():
+    from trimlab.report import flat_scores
+
+    summary = {
+        "metrics": {"test/acc": 0.9, "after": {"prune": {"test/acc": 0.89, "facts": {"sparsity": 0.5}}}},
+        "cost": {"latency_ms_p50": 1.0, "baseline": {"latency_ms_p50": 2.0}, "after": {"prune": {"size_bytes": 10}}},
+    }
+    assert flat_scores(summary) == {
+        "test/acc": 0.9,
+        "after/prune/test/acc": 0.89,
+        "cost/latency_ms_p50": 1.0,
+        "cost/baseline/latency_ms_p50": 2.0,
+        "cost/after/prune/size_bytes": 10,
+    }

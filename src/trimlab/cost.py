@@ -161,7 +161,10 @@ def inference_cost(model: nn.Module, sample_inputs, cfg: Any, precision: Any = N
     result["latency_ms_p50_eager"] = result["latency_ms_p50"]
     result["throughput_samples_per_s_eager"] = result["throughput_samples_per_s"]
     if cfg.get("compile") is True:  # "auto": compiled when the run compresses (see compression)
-        result.update(compiled_timings(model, one, many, cfg, precision))
+        try:
+            result.update(compiled_timings(model, one, many, cfg, precision))
+        except Exception as err:  # noqa: BLE001 - a model compile cannot handle is still measured eager
+            result.update(compiled=False, compile_error=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
     return result
 
 

@@ -175,6 +175,7 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         if stages:
             probs, targets = apply_compression(summary, cfg, stages, deployable, datamodule, run_dir, task)
         report.save_plots(run_dir, probs, targets, datamodule.class_names)
+        report.save_predictions(run_dir, probs, targets)
         run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
     except BaseException as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")

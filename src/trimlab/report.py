@@ -119,12 +119,28 @@ def environment(seed: int, data_fingerprint: str, device: Any) -> dict[str, Any]
 
 
 def flat_scores(summary: dict) -> dict[str, float]:
-    """Scalar metrics and cost under one namespace each, as every logger receives them."""
-    scores = {k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, int | float)}
-    scores.update(
-        {f"cost/{k}": v for k, v in summary.get("cost", {}).items() if isinstance(v, int | float) and v is not None}
-    )
-    return scores
+    """Scalar metrics and cost under one namespace each, as every logger receives them; a compressed run's
+    per-stage figures as `cost/after/<stage>/<key>` and `after/<stage>/test/acc`."""
+    metrics = {k: v for k, v in summary.get("metrics", {}).items() if k not in ("sklearn", "per_class")}
+    return {**scalars(metrics, ""), **scalars(summary.get("cost", {}), "cost/")}
+
+
+def scalars(tree: dict, prefix: str) -> dict[str, float]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "facts":
+            out.update(scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def save_predictions(run_dir: Path, probs: np.ndarray, targets: np.ndarray) -> None:
+    """Per-example test probabilities: what paired comparisons of two runs need (same test set, same order)."""
+    temporary = run_dir / ".test_predictions.npz.tmp"
+    with open(temporary, "wb") as handle:
+        np.savez_compressed(handle, probs=probs.astype(np.float32), targets=targets)
+    temporary.replace(run_dir / "test_predictions.npz")
 
 
 def save_plots(run_dir: Path, probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -> None:
@@ -185,4 +201,27 @@ def print_table(summary: dict) -> None:
     ]:
         if cost.get(key) is not None:
             table.add_row(key, f"{cost[key]:,}{unit}")
-    Console(stderr=False, width=100).print(table)
+    console = Console(stderr=False, width=120)
+    console.print(table)
+    if summary.get("compression"):
+        console.print(stage_table(metrics, cost))
+
+
+def stage_table(metrics: dict, cost: dict):
+    """Baseline, then each stage: accuracy and what serving costs, compiled and eager."""
+    from rich.table import Table
+
+    table = Table(title="compression, stage by stage (latency at batch 1, throughput at batch 64)")
+    for column in ("model", "test/acc", "Δacc pt", "latency ms", "eager ms", "samples/s", "size B", "params"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    rows = [("baseline", metrics.get("baseline", {}), cost.get("baseline", {}))]
+    rows += [(name, metrics.get("after", {}).get(name, {}), ledger) for name, ledger in cost.get("after", {}).items()]
+    for name, scores, ledger in rows:
+        nan = float("nan")
+        table.add_row(
+            name, f"{scores.get('test/acc', nan):.4f}", f"{scores.get('acc_delta_pt', 0.0):+.2f}",
+            f"{ledger.get('latency_ms_p50', nan):.3f}", f"{ledger.get('latency_ms_p50_eager', nan):.3f}",
+            f"{ledger.get('throughput_samples_per_s', 0):,.0f}", f"{ledger.get('size_bytes', 0):,}",
+            f"{ledger.get('params') or 0:,}",
+        )  # fmt: skip
+    return table

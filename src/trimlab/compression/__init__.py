@@ -10,6 +10,7 @@ A stage has up to three hooks, used in the order the user lists the stages (`com
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.errors import ConfigError
+
+# torchao's import logs that its CUDA kernels are absent (a CPU machine) and a torch deprecation note: noise here.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 STAGES = ("prune", "prune_structured", "quantize_dynamic", "quantize_static", "qat", "bf16", "distill")
 

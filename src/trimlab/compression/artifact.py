@@ -82,6 +82,16 @@ def export_program(model: nn.Module, sample: Any, max_length: int = 512) -> torc
         ) from err
 
 
+def slim(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """What a deployed program needs: no source stack traces (they name local paths and are ~1/3 of the file)
+    and no stored example inputs."""
+    for node in program.graph.nodes:
+        for key in ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn", "from_node"):
+            node.meta.pop(key, None)
+    program._example_inputs = None
+    return program
+
+
 def unexportable_module(err: Exception) -> str:
     """The innermost module in torch.export's traceback: where the unsupported code lives."""
     import traceback
@@ -113,7 +123,7 @@ def save(
     if exported:
         path = folder / "model.pt2"
         temporary = folder / "model.pt2.tmp"
-        torch.export.save(export_program(model, sample, max_length), temporary)
+        torch.export.save(slim(export_program(model, sample, max_length)), temporary)
     else:
         path = folder / "model.pt"
         temporary = folder / "model.pt.tmp"

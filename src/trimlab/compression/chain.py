@@ -54,7 +54,7 @@ def deployable_size(model: nn.Module, exported: bool, sample: Any, max_length: i
     """Bytes of what would be shipped: the exported program for graph stages, else the state_dict."""
     buffer = io.BytesIO()
     if exported:
-        torch.export.save(artifact.export_program(model, sample, max_length), buffer)
+        torch.export.save(artifact.slim(artifact.export_program(model, sample, max_length)), buffer)
     else:
         torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
