@@ -1,0 +1,219 @@
+"""trimlab-compare: runs side by side — accuracy beside what they cost — and the accuracy-vs-cost Pareto front.
+
+    trimlab-compare outputs/mnist_cnn outputs/train/multirun/<sweep> [--sort cost.latency_ms_p50]
+                    [--csv runs.csv] [--markdown runs.md] [--pareto test/acc:latency_ms_p50 --tolerance 1.0]
+
+Paths are run dirs (with a summary.json) or any dir above them (a sweep, a task's outputs): every summary.json
+below is read. A compressed run's cost is its deployed model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from trimlab.errors import TrimlabError, fail, full_errors
+
+METRICS = ["test/acc", "test/f1_macro", "test/auroc_macro"]
+COSTS = ["params", "size_bytes", "latency_ms_p50", "throughput_samples_per_s", "train_time_s", "time_to_target_s",
+         "price_usd"]  # fmt: skip
+HIGHER_IS_BETTER_COSTS = {"throughput_samples_per_s", "train_samples_per_s"}
+
+
+def find_summaries(paths: list[Path]) -> list[Path]:
+    found = []
+    for path in paths:
+        if not path.exists():
+            raise TrimlabError(f"{path} does not exist; pass run dirs or sweep dirs")
+        here = [path / "summary.json"] if (path / "summary.json").is_file() else sorted(path.rglob("summary.json"))
+        if not here:
+            raise TrimlabError(f"{path} holds no run summaries (no summary.json below it); pass finished run dirs")
+        found += here
+    return sorted(set(found))
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    runs = []
+    for summary_path in find_summaries(paths):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except ValueError as err:
+            raise TrimlabError(f"{summary_path} is corrupt ({err}); remove it or re-run that job") from err
+        runs.append(row(summary, summary_path.parent))
+    return runs
+
+
+def row(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    metrics, cost = summary.get("metrics") or {}, summary.get("cost") or {}
+    out = {
+        "run": run_dir.name,
+        "task": summary.get("task_name"),
+        "status": summary.get("status"),
+        "overrides": " ".join(o for o in summary.get("overrides", []) if not o.startswith("hydra.")),
+    }
+    out.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+    out.update({k: v for k, v in cost.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    out["run_dir"] = str(run_dir)
+    return out
+
+
+def numeric_keys(runs: list[dict[str, Any]]) -> list[str]:
+    return sorted({k for run in runs for k, v in run.items() if isinstance(v, int | float)})
+
+
+def check_key(key: str, runs: list[dict[str, Any]], what: str) -> str:
+    key = key.removeprefix("cost.").removeprefix("metrics.")
+    if not any(key in run for run in runs):
+        raise TrimlabError(f"unknown {what} '{key}'; available: {', '.join(numeric_keys(runs))}")
+    return key
+
+
+def pareto_front(runs: list[dict[str, Any]], metric: str, cost: str) -> list[dict[str, Any]]:
+    """Runs no other run beats on both: a higher (or equal) metric at a lower (or equal) cost, one strictly."""
+    sign = -1 if cost in HIGHER_IS_BETTER_COSTS else 1
+    points = [r for r in runs if r.get(metric) is not None and r.get(cost) is not None]
+
+    def dominates(a: dict, b: dict) -> bool:
+        better_or_equal = a[metric] >= b[metric] and sign * a[cost] <= sign * b[cost]
+        return better_or_equal and (a[metric] > b[metric] or sign * a[cost] < sign * b[cost])
+
+    front = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
+    return sorted(front, key=lambda r: sign * r[cost])
+
+
+def cheapest_good_enough(runs: list[dict[str, Any]], metric: str, cost: str, tolerance_pt: float) -> dict | None:
+    """The cheapest run whose metric is within `tolerance_pt` points (×100) of the best run's."""
+    points = [r for r in runs if r.get(metric) is not None and r.get(cost) is not None]
+    if not points:
+        return None
+    best = max(r[metric] for r in points)
+    good = [r for r in points if 100 * (best - r[metric]) <= tolerance_pt + 1e-9]
+    sign = -1 if cost in HIGHER_IS_BETTER_COSTS else 1
+    return min(good, key=lambda r: sign * r[cost])
+
+
+def columns(runs: list[dict[str, Any]]) -> list[str]:
+    present = [k for k in METRICS + COSTS if any(k in r for r in runs)]
+    return ["run", "task", "status", *present, "overrides"]
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def to_csv(runs: list[dict[str, Any]]) -> str:
+    keys = ["run", "task", "status", *[k for k in numeric_keys(runs)], "overrides", "run_dir"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(runs)
+    return buffer.getvalue()
+
+
+def to_markdown(runs: list[dict[str, Any]]) -> str:
+    keys = columns(runs)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k)).replace("|", "\\|") for k in keys) + " |" for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(runs: list[dict[str, Any]], marked: set[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(runs)} runs" + (" (* on the Pareto front)" if marked else ""))
+    keys = columns(runs)
+    for key in keys:
+        text = key in ("run", "task", "status", "overrides")
+        table.add_column(key, justify="left" if text else "right", no_wrap=True, max_width=48 if text else None)
+    for run in runs:
+        cells = [fmt(run.get(k)) for k in keys]
+        cells[0] = ("* " if run["run_dir"] in marked else "") + cells[0]
+        table.add_row(*cells)
+    Console(width=200).print(table)
+
+
+def plot_pareto(runs: list[dict], front: list[dict], pick: dict | None, metric: str, cost: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    points = [r for r in runs if r.get(metric) is not None and r.get(cost) is not None]
+    ax.scatter([r[cost] for r in points], [r[metric] for r in points], c="lightgray", label="runs")
+    ax.plot([r[cost] for r in front], [r[metric] for r in front], "o-", c="tab:blue", label="Pareto front")
+    if pick is not None:
+        ax.scatter([pick[cost]], [pick[metric]], s=160, facecolors="none", edgecolors="tab:red", linewidths=2,
+                   label=f"cheapest good enough: {pick['run']}")  # fmt: skip
+    ax.set_xlabel(cost)
+    ax.set_ylabel(metric)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(args: argparse.Namespace) -> None:
+    runs = load_runs([Path(p) for p in args.paths])
+    if args.sort:
+        key = check_key(args.sort, runs, "sort key")
+        runs.sort(key=lambda r: (r.get(key) is None, r.get(key) or 0), reverse=args.descending)
+    marked: set[str] = set()
+    if args.pareto:
+        metric_key, _, cost_key = args.pareto.partition(":")
+        metric, cost = check_key(metric_key, runs, "metric"), check_key(cost_key or "latency_ms_p50", runs, "cost")
+        completed = [r for r in runs if r["status"] == "completed"]
+        front = pareto_front(completed, metric, cost)
+        pick = cheapest_good_enough(completed, metric, cost, args.tolerance)
+        marked = {r["run_dir"] for r in front}
+        png = Path(args.png or "pareto.png")
+        plot_pareto(completed, front, pick, metric, cost, png)
+    if args.csv:
+        Path(args.csv).write_text(to_csv(runs))
+    if args.markdown:
+        Path(args.markdown).write_text(to_markdown(runs))
+    print_table(runs, marked)
+    if args.pareto:
+        print(f"Pareto front ({metric} vs {cost}): {', '.join(r['run'] for r in front)}")
+        if pick is not None:
+            print(f"cheapest run within {args.tolerance} pt of the best {metric}: {pick['run']} "
+                  f"({metric} {pick[metric]:.4f}, {cost} {fmt(pick[cost])}) — {pick['run_dir']}")  # fmt: skip
+        print(f"plot: {png.absolute()}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trimlab-compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", help="run dirs or dirs above them (sweeps, task outputs)")
+    p.add_argument("--sort", help="a metric or cost key, e.g. test/acc or latency_ms_p50")
+    p.add_argument("--descending", action="store_true")
+    p.add_argument("--csv", help="write every run's numeric fields to this CSV")
+    p.add_argument("--markdown", help="write the table as Markdown")
+    p.add_argument("--pareto", metavar="METRIC:COST", help="e.g. test/acc:latency_ms_p50")
+    p.add_argument("--tolerance", type=float, default=1.0, help="points of the metric (x100) from the best")
+    p.add_argument("--png", help="where the Pareto plot goes (default pareto.png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        compare(args)
+    except TrimlabError as err:
+        if full_errors():
+            raise
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,96 @@
+"""trimlab-compare: reading run and sweep dirs, the Pareto front (checked against brute force), the cheapest
+run within a tolerance of the best, the written files, and clear errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from trimlab.compare import cheapest_good_enough, load_runs, main, pareto_front
+from trimlab.errors import TrimlabError
+
+
+def write_run(root: Path, name: str, acc: float, latency: float, status: str = "completed") -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    summary = {
+        "status": status, "task_name": "t", "overrides": [f"seed={name}"],
+        "metrics": {"test/acc": acc, "test/f1_macro": acc - 0.01},
+        "cost": {"latency_ms_p50": latency, "params": 1000, "baseline": {"latency_ms_p50": 9.0}},
+    }  # fmt: skip
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def brute_force_front(points: list[dict]) -> set[str]:
+    front = set()
+    for p in points:
+        beaten = any(
+            q["test/acc"] >= p["test/acc"] and q["latency_ms_p50"] <= p["latency_ms_p50"]
+            and (q["test/acc"] > p["test/acc"] or q["latency_ms_p50"] < p["latency_ms_p50"])
+            for q in points
+        )  # fmt: skip
+        if not beaten:
+            front.add(p["run"])
+    return front
+
+
+def test_pareto_front_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(50):
+        points = [
+            {"run": str(i), "test/acc": rng.choice([0.8, 0.85, 0.9, rng.random()]), "latency_ms_p50": rng.randint(1, 6)}
+            for i in range(rng.randint(1, 15))
+        ]
+        front = pareto_front(points, "test/acc", "latency_ms_p50")
+        assert {p["run"] for p in front} == brute_force_front(points)
+        assert [p["latency_ms_p50"] for p in front] == sorted(p["latency_ms_p50"] for p in front)
+    # every pair of front points trades one objective for the other
+    for a, b in itertools.combinations(front, 2):
+        assert (a["test/acc"] - b["test/acc"]) * (a["latency_ms_p50"] - b["latency_ms_p50"]) > 0 or a == b
+
+
+def test_cheapest_run_within_the_tolerance():
+    runs = [
+        {"run": "best", "test/acc": 0.95, "latency_ms_p50": 10.0},
+        {"run": "close", "test/acc": 0.945, "latency_ms_p50": 3.0},
+        {"run": "cheap", "test/acc": 0.90, "latency_ms_p50": 1.0},
+    ]
+    assert cheapest_good_enough(runs, "test/acc", "latency_ms_p50", 1.0)["run"] == "close"
+    assert cheapest_good_enough(runs, "test/acc", "latency_ms_p50", 0.1)["run"] == "best"
+    assert cheapest_good_enough(runs, "test/acc", "latency_ms_p50", 5.0)["run"] == "cheap"
+
+
+def test_compare_a_sweep_writes_csv_markdown_and_the_plot(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "0_a", 0.95, 10.0)
+    write_run(sweep, "1_b", 0.945, 3.0)
+    write_run(sweep, "2_c", 0.90, 1.0)
+    write_run(sweep, "3_d", 0.80, 5.0)  # dominated by b
+    write_run(sweep, "4_e", 0.0, 0.1, status="failed")
+    other = write_run(tmp_path / "elsewhere", "solo", 0.5, 0.5)
+    main([str(sweep), str(other), "--csv", str(tmp_path / "r.csv"), "--markdown", str(tmp_path / "r.md"),
+          "--pareto", "test/acc:latency_ms_p50", "--png", str(tmp_path / "front.png")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Pareto front (test/acc vs latency_ms_p50): solo, 2_c, 1_b, 0_a" in out
+    assert "cheapest run within 1.0 pt of the best test/acc: 1_b" in out
+    assert (tmp_path / "front.png").stat().st_size > 1000
+    assert len((tmp_path / "r.csv").read_text().strip().splitlines()) == 1 + 6
+    assert "| 1_b | t | completed | 0.9450 |" in (tmp_path / "r.md").read_text()
+    assert len(load_runs([sweep])) == 5
+
+
+def test_clear_errors_for_empty_dirs_and_unknown_keys(tmp_path, capsys):
+    with pytest.raises(TrimlabError, match="holds no run summaries"):
+        load_runs([tmp_path])
+    write_run(tmp_path, "r", 0.9, 1.0)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--pareto", "test/acc:latncy"])
+    assert "unknown cost 'latncy'; available:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing")])
+    assert "does not exist" in capsys.readouterr().err
