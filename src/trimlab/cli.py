@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import rundir
 from trimlab.errors import ConfigError, TrimlabError, fail, full_errors
+from trimlab.sweep import objective_keys
 
 
 def config_dir() -> str:
@@ -68,6 +69,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_strategy(cfg)
     check_pairings(cfg)
     check_compression(cfg)
+    objective_keys(cfg)  # a known optimized_metric, or a clear error
     price = _number(cfg, "cost.price_per_hour")
     if price is not None and price < 0:
         raise ConfigError(f"cost.price_per_hour={price} must be >= 0")

@@ -21,7 +21,8 @@ failed_jobs: list[str] = []
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> float | list[float] | None:
+    """One job; returns the `optimized_metric` value(s) to a sweeper (None when the job failed)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
@@ -29,10 +30,11 @@ def run(cfg: DictConfig) -> None:
             run_job_in_fresh_process(run_dir)
             return
         from trimlab.pipeline import train
+        from trimlab.sweep import objective
 
         # Ranks > 0 of a DDP run are this command re-run with the same run dir: the dir names the id.
         run_id = rundir.run_id_from_dir(run_dir) or rundir.current_run_id()
-        train(cfg, run_dir, run_id, overrides=list(hydra_cfg.overrides.task))
+        return objective(cfg, train(cfg, run_dir, run_id, overrides=list(hydra_cfg.overrides.task)))
     except Exception as err:
         sweep = hydra_cfg.mode == RunMode.MULTIRUN
         if full_errors() or not (sweep or isinstance(err, TrimlabError)):
@@ -42,6 +44,7 @@ def run(cfg: DictConfig) -> None:
         # One failed job never stops the sweep; its summary says why, the log has the traceback.
         log.error("job %s failed: %s", run_dir, err, exc_info=not isinstance(err, TrimlabError))
         failed_jobs.append(str(run_dir))
+        return None
     finally:
         rundir.set_run_id(None)  # the next sweep job gets its own id
 
@@ -75,9 +78,13 @@ def run_job_in_fresh_process(run_dir: Path) -> None:
 
 
 def main() -> None:
+    from trimlab.sweep import failed_in_sweep
+
     launch(run, "train")
-    if failed_jobs:
-        fail(f"{len(failed_jobs)} sweep job(s) failed: {', '.join(failed_jobs)}")
+    # Jobs in this process report themselves; jobs in launcher workers are counted from the sweep summary.
+    failed = failed_in_sweep or failed_jobs
+    if failed:
+        fail(f"{len(failed)} sweep job(s) failed: {', '.join(failed)}; see sweep_summary.json in the sweep dir")
 
 
 if __name__ == "__main__":

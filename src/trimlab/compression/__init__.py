@@ -63,7 +63,9 @@ class Stage:
 
 
 def stage_names(cfg: DictConfig) -> list[str]:
-    return [str(name) for name in (cfg.get("compression") or {})]
+    """The stages picked, in order; knobs set for a stage not picked (a search space's `++`) are no stage."""
+    stages = cfg.get("compression") or {}
+    return [str(name) for name, node in stages.items() if isinstance(node, DictConfig) and "_target_" in node]
 
 
 def build_stages(cfg: DictConfig) -> list[Stage]:

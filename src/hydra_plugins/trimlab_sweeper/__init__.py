@@ -1,0 +1,1 @@
+"""trimlab's Hydra sweeper on current optuna (see optuna_sweeper)."""

@@ -1,0 +1,111 @@
+"""Sweep bookkeeping: `sweep_summary.json` / `.csv` in the sweep dir, one row per job (failed ones included),
+rewritten as each job ends — a killed sweep keeps the rows of the jobs that finished — and the value a job
+returns to the sweeper (`optimized_metric`).
+
+Rows are rebuilt from the job dirs' own summaries each time, so the file is right whatever the launcher
+(jobs in this process, in joblib workers or on SLURM nodes) and whatever order jobs end in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from trimlab.errors import ConfigError
+
+log = logging.getLogger("trimlab")
+METRICS = ("test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro", "test/loss")
+COSTS = ("params", "nonzero_params", "size_bytes", "latency_ms_p50", "latency_ms_p50_eager",
+         "throughput_samples_per_s", "train_time_s", "time_to_target_s", "train_samples_per_s", "peak_mem_mb",
+         "price_usd", "flops_per_sample")  # fmt: skip
+failed_in_sweep: list[str] = []
+
+
+def objective_keys(cfg: DictConfig) -> list[str]:
+    value = cfg.get("optimized_metric")
+    if value is None:
+        return []
+    keys = list(value) if isinstance(value, ListConfig | list) else [value]
+    for key in keys:
+        known = key in METRICS or key.removeprefix("cost.") in COSTS
+        if not known:
+            raise ConfigError(
+                f"optimized_metric={key!r} is not a summary value; use one of {', '.join(METRICS)} or cost.<key> "
+                f"with <key> in {', '.join(COSTS)}"
+            )
+    return [str(k) for k in keys]
+
+
+def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float | list[float] | None:
+    """What the job returns to the sweeper: the summary's value(s) for `optimized_metric`; None for a failed job
+    (the sweeper records a failed trial)."""
+    keys = objective_keys(cfg)
+    if not keys or not summary or summary.get("status") != "completed":
+        return None
+    values = [summary["cost"].get(k.removeprefix("cost.")) if k.startswith("cost.") else summary["metrics"].get(k)
+              for k in keys]  # fmt: skip
+    if any(v is None for v in values):
+        return None
+    return [float(v) for v in values] if len(values) > 1 else float(values[0])
+
+
+def job_row(job_dir: Path) -> dict[str, Any] | None:
+    summary_path, overrides_path = job_dir / "summary.json", job_dir / ".hydra" / "overrides.yaml"
+    if not summary_path.is_file() and not overrides_path.is_file():
+        return None
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError:
+        summary = {"status": "failed", "error": "summary.json is corrupt"}
+    overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.is_file() else []
+    row = {
+        "job": job_dir.name,
+        "status": summary.get("status", "failed"),
+        "error": summary.get("error") or ("" if summary else "the job ended before writing its summary"),
+        "overrides": " ".join(overrides),
+    }
+    row.update({k: (summary.get("metrics") or {}).get(k) for k in METRICS})
+    row.update({f"cost.{k}": (summary.get("cost") or {}).get(k) for k in COSTS})
+    row["run_dir"] = str(job_dir.absolute())
+    return row
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    from trimlab.report import write_json, write_text
+
+    rows = [row for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if (row := job_row(job))]
+    rows.sort(key=lambda r: (int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 1 << 30, r["job"]))
+    failed = sum(r["status"] != "completed" for r in rows)
+    write_json(sweep_dir / "sweep_summary.json", {"jobs": len(rows), "failed": failed, "rows": rows})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["job"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(sweep_dir / "sweep_summary.csv", buffer.getvalue())
+    return rows
+
+
+class SweepSummary(Callback):
+    """Registered in train.yaml under hydra.callbacks; acts in multirun only."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
+            write_summary(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        failed = [r["job"] for r in rows if r["status"] != "completed"]
+        failed_in_sweep.extend(failed)
+        log.info("sweep finished: %d jobs, %d failed; summary: %s", len(rows), len(failed),
+                 sweep_dir / "sweep_summary.json")  # fmt: skip
+        print(f"sweep: {len(rows)} jobs, {len(failed)} failed; summary: {sweep_dir / 'sweep_summary.json'}", flush=True)
