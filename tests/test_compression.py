@@ -150,7 +150,8 @@ def test_structured_pruning_of_a_transformer_touches_only_the_feed_forward_width
 
 
 def saved_program_outputs(model: nn.Module, context: Context, tmp_path) -> nn.Module:
-    artifact.save(model, True, context.sample, tmp_path, ["stage"], 16)
+    with artifact.staged(tmp_path) as folder:
+        artifact.save(model, True, context.sample, folder, ["stage"], 16)
     return artifact.load(tmp_path, None, None)
 
 
@@ -293,3 +294,42 @@ def test_loggers_get_the_per_stage_figures_flat():
         "cost/baseline/latency_ms_p50": 2.0,
         "cost/after/prune/size_bytes": 10,
     }
+
+
+def test_ratios_are_left_out_when_only_one_side_was_compiled():
+    from trimlab.compression.chain import improvement
+
+    base = {
+        "latency_ms_p50": 4.0,
+        "latency_ms_p50_eager": 4.0,
+        "throughput_samples_per_s": 10.0,
+        "throughput_samples_per_s_eager": 10.0,
+        "size_bytes": 100,
+        "weights_bytes": 100,
+        "compiled": False,
+    }
+    last = {**base, "latency_ms_p50": 1.0, "compiled": True, "latency_ms_p50_eager": 2.0, "weights_bytes": 25}
+    ratios = improvement(base, last, {"size_bytes": 50}, {"test/acc": 0.9}, {"test/acc": 0.89})
+    assert ratios["latency"] is None and ratios["throughput"] is None  # compile's own gain is no stage's
+    assert ratios["latency_eager"] == 2.0 and ratios["size"] == 2.0 and ratios["weights"] == 4.0
+    assert ratios["acc_delta_pt"] == pytest.approx(-1.0)
+    both = improvement({**base, "compiled": True}, last, {"size_bytes": 50}, {"test/acc": 0.9}, {"test/acc": 0.9})
+    assert both["latency"] == 4.0
+
+
+def test_importing_the_quantizer_leaves_inductor_settings_alone():
+    import torch._inductor.config as inductor_config
+
+    from trimlab.compression.quantization import inductor_options, quantizer
+
+    before = inductor_config.pre_grad_custom_pass
+    quantizer()
+    assert inductor_config.pre_grad_custom_pass is before
+    assert set(inductor_options()) <= {"pre_grad_custom_pass"}  # applied only while compiling a quantized graph
+
+
+def test_a_failed_save_leaves_no_compressed_folder(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"), artifact.staged(tmp_path) as folder:
+        (folder / "model.pt").write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert not (tmp_path / "compressed").exists() and not (tmp_path / "compressed.tmp").exists()

@@ -69,6 +69,10 @@ def test_eval_reproduces_the_compressed_metrics_and_predict_uses_them(chained_ru
     evaluation = json.loads((chained_run / "eval.json").read_text())
     assert evaluation["reproduces"] is True and evaluation["max_abs_diff"] == 0.0
     assert evaluation["checkpoint"].endswith("compressed/model.pt2")
+    # The trained model is still there, and reproduces the test metrics it had before compression.
+    result = run_cli(f"run_dir={chained_run}", "ckpt=best", cwd=tmp_path, script="trimlab-eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((chained_run / "eval.json").read_text())["reproduces"] is True
     images = np.random.default_rng(0).uniform(0, 16, (3, 8, 8)).astype(np.float32)
     np.save(tmp_path / "digits.npy", images)
     result = run_cli(
@@ -122,6 +126,9 @@ def test_a_teacher_with_other_classes_is_refused_before_training(teacher_run, tm
         ),
         (["compression=[distill]", "compression.distill.teacher=/nonexistent/run"], ["no finished run there"]),
         (["compression=[prune_structured]", "compression.prune_structured.channel_ratio=-0.5"], ["outside [0, 1)"]),
+        (["compression=[quantize_static,prune]"], ["quantize_static turns the model into an exported", "last"]),
+        (["compression=[prune,distill]"], ["distill trains the model, list it first"]),
+        (["compression=[prune]", "strategy=ddp", "trainer.devices=2"], ["compression runs in one process"]),
     ],
 )
 def test_bad_compression_config_fails_before_any_run_dir(overrides, fragments, tmp_path):

@@ -44,6 +44,10 @@ def test_every_group_has_options():
 def test_every_option_composes_and_validates(group, option, tmp_path):
     required = {"image_folder": ["data.folder=somewhere"], "wav_folder": ["data.folder=somewhere"]}
     extra = required.get(option, []) + (["data.file=some.csv"] if option == "text_csv" else [])
+    if option in ("distill", "sst2_distill"):  # a teacher: any finished run dir
+        (tmp_path / "teacher").mkdir()
+        (tmp_path / "teacher" / "summary.json").write_text("{}")
+        extra.append(f"compression.distill.teacher={tmp_path / 'teacher'}")
     cfg = compose_train(f"{group}={option}", *extra, output_dir=tmp_path)
     if option == "fsdp" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="model_parallel"):

@@ -133,7 +133,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def inference_cost(model: nn.Module, sample_inputs, cfg: Any, precision: Any = None) -> dict[str, Any]:
+def inference_cost(
+    model: nn.Module, sample_inputs, cfg: Any, precision: Any = None, inductor: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What serving the model costs: size, parameters, FLOPs, latency at batch 1 and throughput at batch 64.
 
     `cfg.compile` adds the same timings for the `torch.compile`d model (inductor freezing: weights as constants),
@@ -162,22 +164,23 @@ def inference_cost(model: nn.Module, sample_inputs, cfg: Any, precision: Any = N
     result["throughput_samples_per_s_eager"] = result["throughput_samples_per_s"]
     if cfg.get("compile") is True:  # "auto": compiled when the run compresses (see compression)
         try:
-            result.update(compiled_timings(model, one, many, cfg, precision))
+            result.update(compiled_timings(model, one, many, cfg, precision, inductor or {}))
         except Exception as err:  # noqa: BLE001 - a model compile cannot handle is still measured eager
             result.update(compiled=False, compile_error=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
     return result
 
 
-def compiled_timings(model: nn.Module, one, many, cfg: Any, precision: Any = None) -> dict[str, Any]:
+def compiled_timings(model: nn.Module, one, many, cfg: Any, precision: Any, inductor: dict) -> dict[str, Any]:
     """Latency and throughput of `torch.compile(model)` with inductor freezing, and the compile time apart.
 
     Freezing (weights folded into the graph as constants) is what turns int8 into a CPU speedup; the setting is
-    scoped to this measurement. Each batch size compiles once (static shapes), timed on its first call."""
+    scoped to this measurement, as are `inductor` settings (a quantizer's graph pass). Each batch size compiles
+    once (static shapes), timed on its first call."""
     import torch._dynamo
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
-    with inductor_config.patch(freezing=True), torch.no_grad():
+    with inductor_config.patch(freezing=True, **inductor), torch.no_grad():
         compiled = torch.compile(model, dynamic=False)  # one graph per batch size: static shapes
         compile_s = 0.0
         for inputs in (one, many):
@@ -208,14 +211,16 @@ def measure(
     device: torch.device,
     precision: Any = None,
     peak_mem_per_process: list[float] | None = None,
+    inference: bool = True,
 ) -> dict[str, Any]:
-    """The cost block of the summary; `cfg` is the run's `cost` config, `precision` Lightning's plugin."""
+    """The cost block of the summary; `cfg` is the run's `cost` config, `precision` Lightning's plugin.
+    `inference=False` leaves out serving cost (a compressed run measures it per stage instead)."""
     model = model.eval().to(device)
     sample_inputs = to_device(sample_inputs, device)
     peaks = peak_mem_per_process or [peak_memory_mb(device)]
     hours = clock.train_time_s / 3600
     return {
-        **inference_cost(model, sample_inputs, cfg, precision),
+        **(inference_cost(model, sample_inputs, cfg, precision) if inference else {}),
         "train_time_s": round(clock.train_time_s, 3),
         "train_samples": clock.samples,
         "train_samples_per_s": round(clock.samples / clock.train_time_s, 1) if clock.train_time_s else None,

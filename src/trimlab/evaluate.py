@@ -87,6 +87,8 @@ def compare(run_dir: Path, summary: dict[str, Any], metrics: dict[str, Any], pat
     from trimlab.report import write_json
 
     trained = summary.get("metrics", {})
+    if "compression" in summary and path.suffix == ".ckpt":  # a checkpoint of a compressed run: the trained model
+        trained = trained.get("trained", {})
     diffs = {k: abs(metrics[k] - trained[k]) for k in HEADLINE if k in metrics and trained.get(k) is not None}
     result = {
         "run_id": summary.get("run_id"),

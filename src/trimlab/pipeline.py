@@ -168,7 +168,7 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
             checkpoint=checkpoint_record(tested, run_dir),
             data=datamodule.facts(),
             metrics=test_metrics(trainer, task, clock),
-            cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks),
+            cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks, not stages),
             env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
         )
         probs, targets = task.test_probs, task.test_targets
@@ -199,9 +199,12 @@ def apply_compression(summary: dict, cfg: DictConfig, stages: list, model, datam
     training = {k: v for k, v in summary["cost"].items() if k.startswith(fit_keys)}
     stage_seconds = sum(cost["stage_time_s"] for cost in result["cost_after"].values())
     summary["compression"] = result["record"]
+    trained = summary["metrics"]
     summary["metrics"] = {
         **result["final"]["metrics"],
-        **{k: v for k, v in summary["metrics"].items() if k.startswith("train/")},
+        **{k: v for k, v in trained.items() if k.startswith("train/")},
+        # The trained (uncompressed) model's test metrics: what trimlab-eval ckpt=best reproduces.
+        "trained": {k: v for k, v in trained.items() if k.startswith("test/")},
         "baseline": result["baseline_metrics"],
         "after": result["metrics_after"],
     }

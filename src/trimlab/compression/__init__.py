@@ -1,22 +1,24 @@
 """Compression stages: each makes the trained model cheaper, and the ledger proves by how much.
 
 A stage has up to three hooks, used in the order the user lists the stages (`compression=[a,b,c]`):
+- `check(datamodule, model)`: fail before any training when the stage cannot apply;
 - `wrap(task, datamodule)`: change how the main fit trains (distillation adds a teacher's soft targets);
-- `apply(model, context)`: transform the trained model after fit, fine-tuning it when the stage needs to;
-- `save_state` / `rebuild`: what the run dir keeps so the compressed model loads again (`artifact`).
+- `apply(model, context)`: transform the trained model after fit, fine-tuning it when the stage needs to.
+`baseline` names what the ledger compares against (the trained model; for distillation, the teacher).
 
-`chain.compress` runs them, measures cost and metrics after each, and saves the final artifact.
+`chain.compress` runs them, measures cost and metrics after each, and saves the final artifact (`artifact`):
+a state_dict for fp32 stages, an exported program once a stage `exports` (quantization, bf16) — which is why
+such a stage must come last.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -38,7 +40,16 @@ class Context:
     run_dir: Path
     sample: Any  # one test batch's inputs: export examples and cost measurements
     finetune: Callable[..., nn.Module]  # (model, epochs, callbacks, lr_factor) -> the fine-tuned model
-    records: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_length(self) -> int:
+        return max_length(self.datamodule)
+
+
+def max_length(datamodule: Any) -> int:
+    """The longest input a text model takes (its position table): the bound of an exported sequence length."""
+    shape = tuple(getattr(datamodule, "input_shape", ()) or ())
+    return int(shape[0]) if len(shape) == 1 else 512
 
 
 class Stage:
@@ -56,6 +67,10 @@ class Stage:
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         return model
+
+    def baseline(self, model: nn.Module, datamodule: Any) -> tuple[nn.Module, Any, str]:
+        """What the ledger's `baseline` measures, on which data, and what to call it."""
+        return model, datamodule, "trained model"
 
     def facts(self) -> dict[str, Any]:
         """What the summary records about what the stage did (sparsity reached, channels kept, ...)."""
@@ -82,6 +97,12 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
     for position, stage in enumerate(stages):
         if stage.trains_main_fit and position > 0:
             raise ConfigError(f"compression stage '{stage.name}' trains the model: list it first")
+        if stage.exports and position < len(stages) - 1:
+            raise ConfigError(
+                f"compression stage '{stage.name}' turns the model into an exported int8/bf16 graph that later stages "
+                f"cannot change: list it last (e.g. compression=[{','.join(s.name for s in stages if s is not stage)},"
+                f"{stage.name}]), and only one such stage"
+            )
     return stages
 
 
@@ -89,6 +110,18 @@ def check_range(name: str, value: Any, low: float, high: float, hint: str) -> fl
     """A knob in [low, high): one clear error otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
         raise ConfigError(f"compression.{name}={value!r} is outside [{low}, {high}); {hint}")
+    return float(value)
+
+
+def check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"compression.{name}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+def check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"compression.{name}={value!r} must be > 0")
     return float(value)
 
 
@@ -114,7 +147,3 @@ def classifier_head(model: nn.Module) -> nn.Module | None:
         return None
     linears = [m for m in ([head] if isinstance(head, nn.Linear) else head.modules()) if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
-
-
-def floats_equal(first: torch.Tensor, second: torch.Tensor) -> bool:
-    return first.shape == second.shape and bool(torch.equal(first, second))

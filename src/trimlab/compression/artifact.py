@@ -10,8 +10,11 @@ Two forms, named in `compressed/recipe.json`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from torch import nn
 from trimlab.cost import take
 from trimlab.errors import CheckpointError, ConfigError
 
-RECIPE = "recipe.json"
+FOLDER, RECIPE = "compressed", "recipe.json"
 
 
 def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -96,7 +99,12 @@ def unexportable_module(err: Exception) -> str:
     """The innermost module in torch.export's traceback: where the unsupported code lives."""
     import traceback
 
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if "/torch/" not in f.filename]
+    own = Path(__file__).parent
+    frames = [
+        f
+        for f in traceback.extract_tb(err.__traceback__)
+        if "/torch/" not in f.filename and Path(f.filename).parent != own
+    ]
     frame = frames[-1] if frames else None
     return f"in {Path(frame.filename).stem}.{frame.name}, line {frame.lineno}" if frame else "in the model"
 
@@ -113,30 +121,38 @@ def strip_dead_weights(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModu
     return graph_module
 
 
-def save(
-    model: nn.Module, exported: bool, sample: Any, run_dir: Path, stages: list[str], max_length: int = 512
-) -> dict[str, Any]:
+@contextlib.contextmanager
+def staged(run_dir: Path) -> Iterator[Path]:
+    """A scratch `compressed.tmp/` that becomes `compressed/` only when the block succeeds; removed otherwise."""
+    scratch, final = Path(run_dir) / "compressed.tmp", Path(run_dir) / FOLDER
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    scratch.replace(final)
+
+
+def save(model: nn.Module, exported: bool, sample: Any, folder: Path, stages: list[str], length: int) -> dict:
+    """Write the model and its recipe into `folder`; the record's path is relative to the run dir."""
     from trimlab.report import write_json
 
-    folder = Path(run_dir) / "compressed"
-    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ("model.pt2" if exported else "model.pt")
     if exported:
-        path = folder / "model.pt2"
-        temporary = folder / "model.pt2.tmp"
-        torch.export.save(slim(export_program(model, sample, max_length)), temporary)
+        torch.export.save(slim(export_program(model, sample, length)), path)
     else:
-        path = folder / "model.pt"
-        temporary = folder / "model.pt.tmp"
-        torch.save(model.state_dict(), temporary)
-    temporary.replace(path)
+        torch.save(model.state_dict(), path)
     recipe = {"format": "exported" if exported else "state_dict", "file": path.name, "stages": stages}
     write_json(folder / RECIPE, recipe)
-    return {**recipe, "size_bytes": path.stat().st_size, "path": str(path.relative_to(run_dir))}
+    return {**recipe, "size_bytes": path.stat().st_size, "path": f"{FOLDER}/{path.name}"}
 
 
-def load(run_dir: Path, cfg: Any, datamodule: Any) -> nn.Module:
-    """The compressed model of a finished run, in eval mode."""
-    folder = Path(run_dir) / "compressed"
+def load(run_dir: Path, cfg: Any, datamodule: Any, folder: Path | None = None) -> nn.Module:
+    """The compressed model of a finished run (or of `folder`, while it is being written), in eval mode."""
+    folder = folder or Path(run_dir) / FOLDER
     try:
         recipe = json.loads((folder / RECIPE).read_text())
         path = folder / recipe["file"]

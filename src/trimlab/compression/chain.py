@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from trimlab.compression import Context, Stage, artifact, resolved_cost_cfg
+from trimlab.compression import Context, Stage, artifact, max_length, resolved_cost_cfg
 from trimlab.cost import inference_cost
 from trimlab.metrics import classification_metrics, sklearn_report
 
@@ -50,11 +50,11 @@ def first_inputs(datamodule: Any) -> Any:
     return next(iter(datamodule.test_dataloader()))[0]
 
 
-def deployable_size(model: nn.Module, exported: bool, sample: Any, max_length: int) -> int:
+def deployable_size(model: nn.Module, exported: bool, sample: Any, length: int) -> int:
     """Bytes of what would be shipped: the exported program for graph stages, else the state_dict."""
     buffer = io.BytesIO()
     if exported:
-        torch.export.save(artifact.slim(artifact.export_program(model, sample, max_length)), buffer)
+        torch.export.save(artifact.slim(artifact.export_program(model, sample, length)), buffer)
     else:
         torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
@@ -72,14 +72,18 @@ def sparse_size(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def stage_cost(model: nn.Module, stage: Stage | None, sample: Any, cfg: Any, previous: dict, max_length: int) -> dict:
+def stage_cost(model: nn.Module, stage: Stage | None, sample: Any, cfg: Any, previous: dict, length: int) -> dict:
+    """One ledger entry, measured like every other: fp32 inputs, the same batch sizes, threads and repeats."""
+    from trimlab.compression.quantization import inductor_options
+
     exported = bool(stage and stage.exports)
-    cost = inference_cost(model, sample, cfg)
+    cost = inference_cost(model, sample, cfg, inductor=inductor_options() if exported else None)
+    cost["precision"] = "bf16" if stage is not None and stage.name == "bf16" else "32-true"
     if exported:
         cost.update({key: previous.get(key) for key in CARRIED})
     elif cost["flops_per_sample"] is None:
         cost["flops_per_sample"] = previous.get("flops_per_sample")
-    cost["size_bytes"] = deployable_size(model, exported, sample, max_length)
+    cost["size_bytes"] = deployable_size(model, exported, sample, length)
     # The tensors alone: an exported program also carries its graph (tens of KB, whatever the model's size).
     cost["weights_bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if not exported and cost["nonzero_params"] < 0.9 * cost["params"]:
@@ -121,49 +125,55 @@ def compress(cfg: Any, stages: list[Stage], model: nn.Module, datamodule: Any, r
     """Apply the stages; return the summary's compression record, the final metrics and cost, and the
     reloaded artifact's test outputs (for plots)."""
     cost_cfg = resolved_cost_cfg(cfg)
-    sample = first_inputs(datamodule)
-    max_length = int(datamodule.input_shape[0]) if isinstance(sample, dict) else 0
+    sample, length = first_inputs(datamodule), max_length(datamodule)
     context = Context(cfg, datamodule, run_dir, sample, finetune(cfg, datamodule, task.distillation, run_dir))
-    teacher = getattr(stages[0], "teacher", None)
-    base_model, base_data = (teacher, stages[0].teacher_data) if teacher is not None else (model, datamodule)
+    base_model, base_data, base_name = stages[0].baseline(model, datamodule)
     base_model.eval()
     base_metrics = evaluate_model(base_model, base_data)["metrics"]
-    base_cost = stage_cost(base_model, None, first_inputs(base_data), cost_cfg, {}, max_length)
+    base_cost = stage_cost(base_model, None, first_inputs(base_data), cost_cfg, {}, max_length(base_data))
     metrics_after, cost_after, previous_cost, previous_metrics = {}, {}, base_cost, base_metrics
     for stage in stages:
         started = time.perf_counter()
         model = stage.apply(model, context)
         seconds = time.perf_counter() - started
         result = evaluate_model(model, datamodule)["metrics"]
-        cost = stage_cost(model, stage, sample, cost_cfg, previous_cost, max_length)
+        cost = stage_cost(model, stage, sample, cost_cfg, previous_cost, length)
         cost["stage_time_s"] = round(seconds, 3)
         metrics_after[stage.name] = {**headline(result, previous_metrics), "facts": stage.facts()}
         cost_after[stage.name] = cost
         previous_cost, previous_metrics = cost, result
         log.info("after %s: acc %.4f, latency %.3f ms", stage.name, result["test/acc"], cost["latency_ms_p50"])
     names = [stage.name for stage in stages]
-    saved = artifact.save(model, any(s.exports for s in stages), sample, run_dir, names, max_length)
-    final = evaluate_model(artifact.load(run_dir, cfg, datamodule), datamodule)  # what eval and predict will see
-    ratios = {
-        "latency": ratio(base_cost["latency_ms_p50"], previous_cost["latency_ms_p50"]),
-        "latency_eager": ratio(base_cost["latency_ms_p50_eager"], previous_cost["latency_ms_p50_eager"]),
-        "throughput": ratio(previous_cost["throughput_samples_per_s"], base_cost["throughput_samples_per_s"]),
-        "size": ratio(base_cost["size_bytes"], saved["size_bytes"]),
-        "acc_delta_pt": round(100 * (final["metrics"]["test/acc"] - base_metrics["test/acc"]), 4),
-    }
+    exported = any(s.exports for s in stages)
+    with artifact.staged(run_dir) as folder:  # compressed/ appears only once the reloaded model tests cleanly
+        saved = artifact.save(model, exported, sample, folder, names, length)
+        final = evaluate_model(artifact.load(folder.parent, cfg, datamodule, folder), datamodule)
     return {
-        "record": {
-            "stages": names,
-            "artifact": saved,
-            "baseline": "teacher" if teacher is not None else "trained model",
-            "improvement": ratios,
-        },  # fmt: skip
+        "record": {"stages": names, "artifact": saved, "baseline": base_name,
+                   "improvement": improvement(base_cost, previous_cost, saved, base_metrics, final["metrics"])},
         "baseline_metrics": headline(base_metrics, {}),
         "metrics_after": metrics_after,
         "baseline_cost": base_cost,
         "cost_after": cost_after,
         "final_cost": {**previous_cost, "size_bytes": saved["size_bytes"]},
         "final": final,
+    }  # fmt: skip
+
+
+def improvement(base: dict, last: dict, saved: dict, base_metrics: dict, final_metrics: dict) -> dict[str, Any]:
+    """Ratios against the baseline. Compiled ratios only when both sides were compiled: a compile that failed
+    on one side would otherwise credit compile's own gain to the stages."""
+    both_compiled = bool(base.get("compiled")) and bool(last.get("compiled"))
+    return {
+        "latency": ratio(base["latency_ms_p50"], last["latency_ms_p50"]) if both_compiled else None,
+        "throughput": ratio(last["throughput_samples_per_s"], base["throughput_samples_per_s"])
+        if both_compiled
+        else None,
+        "latency_eager": ratio(base["latency_ms_p50_eager"], last["latency_ms_p50_eager"]),
+        "throughput_eager": ratio(last["throughput_samples_per_s_eager"], base["throughput_samples_per_s_eager"]),
+        "size": ratio(base["size_bytes"], saved["size_bytes"]),
+        "weights": ratio(base.get("weights_bytes"), last.get("weights_bytes")),
+        "acc_delta_pt": round(100 * (final_metrics["test/acc"] - base_metrics["test/acc"]), 4),
     }
 
 

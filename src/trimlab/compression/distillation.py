@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,11 @@ class Distill(Stage):
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "trimlab") / "teacher_logits"
         self.teacher: nn.Module | None = None
         self.teacher_data: Any = None
-        self.teacher_metrics: dict[str, Any] = {}
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
         from trimlab.evaluate import load_run
 
-        _, summary = load_run(self.teacher_dir)
+        cfg, summary = load_run(self.teacher_dir)
         if summary.get("status") != "completed":
             raise ConfigError(f"teacher {self.teacher_dir} did not complete (status {summary.get('status')})")
         names = list(summary.get("data", {}).get("class_names", []))
@@ -100,7 +100,13 @@ class Distill(Stage):
             )
         if names != list(datamodule.class_names):
             raise ConfigError(f"teacher classes {names} differ from this data's {datamodule.class_names}")
-        self.teacher_metrics = summary.get("metrics", {})
+        teacher_data = f"{cfg.data._target_}"
+        same_inputs = summary["data"].get("signature") == datamodule.signature()
+        if not self.cache and not (same_inputs and teacher_data.endswith(type(datamodule).__name__)):
+            raise ConfigError(
+                "compression.distill.cache=false runs the teacher on the student's batches, but the teacher reads "
+                "its inputs another way (tokenizer, sample rate or dataset); use cache=true"
+            )
 
     def wrap(self, task: Any, datamodule: Any) -> None:
         """Load the teacher, give the task the distillation loss, and the train split its teacher logits."""
@@ -113,11 +119,6 @@ class Distill(Stage):
             datamodule.splits["train"] = WithTeacherLogits(train, self.cached_logits(datamodule))
             task.distillation = DistillationLoss(self.temperature, self.alpha)
             return
-        if self.teacher_data.signature() != datamodule.signature() or type(self.teacher_data) is not type(datamodule):
-            raise ConfigError(
-                "compression.distill.cache=false runs the teacher on the student's batches, but the teacher reads "
-                "its inputs another way (tokenizer, sample rate or dataset); use cache=true"
-            )
         task.distillation = DistillationLoss(self.temperature, self.alpha, self.teacher)
 
     def cached_logits(self, datamodule: Any) -> torch.Tensor:
@@ -132,16 +133,23 @@ class Distill(Stage):
         key = f"{checkpoint.absolute()}|{stat.st_size}|{stat.st_mtime_ns}|{self.teacher_data.data_fingerprint}"
         path = self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
         if path.is_file():
-            logits = torch.load(path, weights_only=True)
-            if logits.shape[0] == len(student):
-                return logits
+            try:
+                logits = torch.load(path, weights_only=True)
+                if isinstance(logits, torch.Tensor) and logits.shape == (len(student), datamodule.num_classes):
+                    return logits
+            except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+                log.warning("teacher logits cache %s is unreadable: recomputing it", path)
         log.info("computing the teacher's logits over %d train items (cached in %s)", len(teacher), path)
         logits = predict_logits(self.teacher, teacher, self.teacher_data.collate, self.teacher_data.eval_batch_size)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a temp file
         torch.save(logits, temporary)
         temporary.replace(path)
         return logits
+
+    def baseline(self, model: nn.Module, datamodule: Any) -> tuple[nn.Module, Any, str]:
+        """The model being compressed is the teacher: the ledger compares the student with it."""
+        return self.teacher, self.teacher_data, "teacher"
 
     def facts(self) -> dict[str, Any]:
         return {

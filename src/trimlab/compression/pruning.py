@@ -13,7 +13,15 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from trimlab.compression import Context, Stage, check_range, classifier_head, target_modules
+from trimlab.compression import (
+    Context,
+    Stage,
+    check_count,
+    check_positive,
+    check_range,
+    classifier_head,
+    target_modules,
+)
 from trimlab.errors import ConfigError
 
 Targets = list[tuple[nn.Module, str]]
@@ -95,10 +103,15 @@ class Prune(Stage):
             raise ConfigError(f"compression.prune.scope={scope!r}: use global or layer")
         if schedule not in ("one_shot", "gradual"):
             raise ConfigError(f"compression.prune.schedule={schedule!r}: use one_shot or gradual")
-        self.scope, self.schedule, self.epochs = scope, schedule, int(epochs)
+        self.scope, self.schedule, self.epochs = scope, schedule, check_count("prune.epochs", epochs, 0)
         self.modules = list(modules or ["Linear", "Conv1d", "Conv2d"])
+        unknown = [kind for kind in self.modules if not isinstance(getattr(nn, kind, None), type)]
+        if unknown:
+            raise ConfigError(f"compression.prune.modules: {unknown} are not torch.nn layer classes (e.g. Linear)")
         self.parameters = list(parameters or ["weight"])
-        self.updates, self.end_fraction, self.lr_factor = int(updates), float(end_fraction), float(lr_factor)
+        self.updates = check_count("prune.updates", updates, 1)
+        self.end_fraction = check_range("prune.end_fraction", end_fraction, 1e-9, 1.0 + 1e-9, "a fraction in (0, 1]")
+        self.lr_factor = check_positive("prune.lr_factor", lr_factor)
         self.reached: dict[str, Any] = {}
 
     def targets(self, model: nn.Module) -> Targets:
@@ -137,7 +150,8 @@ class PruneStructured(Stage):
 
     def __init__(self, channel_ratio: float = 0.5, epochs: int = 2, lr_factor: float = 0.3) -> None:
         self.ratio = check_range("prune_structured.channel_ratio", channel_ratio, 0.0, 1.0, "e.g. 0.5 halves channels")
-        self.epochs, self.lr_factor = int(epochs), float(lr_factor)
+        self.epochs = check_count("prune_structured.epochs", epochs, 0)
+        self.lr_factor = check_positive("prune_structured.lr_factor", lr_factor)
         self.reached: dict[str, Any] = {}
 
     def pruner(self, model: nn.Module, example: Any):
@@ -149,6 +163,11 @@ class PruneStructured(Stage):
         )  # fmt: skip
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
+        if hasattr(model, "encoder"):  # a Hugging Face encoder: its attention keeps head sizes pruning would break
+            raise ConfigError(
+                f"prune_structured cannot prune {type(model).__name__} (a pretrained encoder's attention heads "
+                "would be cut unevenly); distill it into model=transformer and prune that, or use prune"
+            )
         self.check_model(model.eval(), example_batch(next(iter(datamodule.test_dataloader()))[0]))
         model.train()
 
@@ -166,7 +185,7 @@ class PruneStructured(Stage):
             if channels is not None and int(channels * (1 - self.ratio)) < 1:
                 raise ConfigError(
                     f"compression.prune_structured.channel_ratio={self.ratio} would remove every channel of "
-                    f"{type(root).__name__} ({channels} channels); use a ratio below {1 - 1 / channels:.3f}"
+                    f"{type(root).__name__} ({channels} channels); use a ratio of at most {1 - 1 / channels:.3f}"
                 )
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:

@@ -13,27 +13,40 @@ from typing import Any
 import torch
 from torch import nn
 
-from trimlab.compression import Context, Stage
+from trimlab.compression import Context, Stage, check_count, check_positive, max_length
 from trimlab.compression.artifact import export_program, strip_dead_weights
+from trimlab.cost import call
+
+_LIFT_PASS: list[Any] = []  # the inductor pass torchao's x86 quantizer installs process-wide on import
+
+
+def x86_quantizer_module():
+    """Import torchao's x86 quantizer without its side effect: the import sets inductor's global
+    `pre_grad_custom_pass`, which would then apply to every later compile; `inductor_options` scopes it."""
+    import torch._inductor.config as inductor_config
+
+    previous = inductor_config.pre_grad_custom_pass
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
+
+    if not _LIFT_PASS and inductor_config.pre_grad_custom_pass is not previous:
+        _LIFT_PASS.append(inductor_config.pre_grad_custom_pass)
+    inductor_config.pre_grad_custom_pass = previous
+    return x86_inductor_quantizer
+
+
+def inductor_options() -> dict[str, Any]:
+    """Inductor settings for compiling a quantized graph (the quantizer's pass), applied only there."""
+    return {"pre_grad_custom_pass": _LIFT_PASS[0]} if _LIFT_PASS else {}
 
 
 def quantizer(dynamic: bool = False, qat: bool = False):
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
-
-    config = get_default_x86_inductor_quantization_config(is_dynamic=dynamic, is_qat=qat)
-    return X86InductorQuantizer().set_global(config)
+    module = x86_quantizer_module()
+    config = module.get_default_x86_inductor_quantization_config(is_dynamic=dynamic, is_qat=qat)
+    return module.X86InductorQuantizer().set_global(config)
 
 
 def capture(model: nn.Module, context: Context) -> torch.fx.GraphModule:
-    max_length = int(context.datamodule.input_shape[0]) if isinstance(context.sample, dict) else 512
-    return export_program(model, context.sample, max_length).module()
-
-
-def call(model: nn.Module, inputs: Any) -> torch.Tensor:
-    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return export_program(model, context.sample, context.max_length).module()
 
 
 def calibrate(prepared: nn.Module, context: Context, batches: int) -> None:
@@ -59,9 +72,7 @@ class Exported(Stage):
     exports = True
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
-        sample = next(iter(datamodule.test_dataloader()))[0]
-        max_length = int(datamodule.input_shape[0]) if isinstance(sample, dict) else 512
-        export_program(model.eval(), sample, max_length)
+        export_program(model.eval(), next(iter(datamodule.test_dataloader()))[0], max_length(datamodule))
         model.train()
 
 
@@ -69,7 +80,7 @@ class QuantizeStatic(Exported):
     dynamic = False
 
     def __init__(self, calibration_batches: int = 32) -> None:
-        self.calibration_batches = int(calibration_batches)
+        self.calibration_batches = check_count("calibration_batches", calibration_batches, 1)
         self.ops: dict[str, int] = {}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
@@ -116,7 +127,8 @@ class QuantizationAwareTraining(QuantizeStatic):
 
     def __init__(self, epochs: int = 2, lr_factor: float = 0.1, calibration_batches: int = 8) -> None:
         super().__init__(calibration_batches)
-        self.epochs, self.lr_factor = int(epochs), float(lr_factor)
+        self.epochs = check_count("qat.epochs", epochs, 1)
+        self.lr_factor = check_positive("qat.lr_factor", lr_factor)
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
