@@ -195,6 +195,33 @@ def _variants(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
+def _sample_value(override) -> str:
+    """One value a sweeper could pick for a search-space override (its first choice, or an interval's start)."""
+    value = override.value()
+    for attribute in ("list", "start"):
+        if hasattr(value, attribute):
+            picked = getattr(value, attribute)
+            picked = picked[0] if attribute == "list" else picked
+            return str(picked.list[0] if hasattr(picked, "list") else picked)
+    return override.get_value_element_as_str()
+
+
+def check_search_space(config_name: str, cfg: DictConfig, overrides: list[str]) -> None:
+    """Compose once with a value for every searched key (from hydra.sweeper.params and the command line), so
+    a search space naming an unknown key fails now, not in every trial."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    searched = [f"{key}={value}" for key, value in params.items()] + [o for o in overrides if "(" in o]
+    if not searched:
+        return
+    parsed = OverridesParser.create().parse_overrides(searched)
+    samples = [f"{o.get_key_element()}={_sample_value(o)}" for o in parsed if o.is_sweep_override()]
+    fixed = [o for o in overrides if o not in searched]
+    try:
+        _compose(config_name, [*fixed, *samples])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"the search space does not fit the config: {_one_line(err)}") from err
+
+
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=config_name):
         return compose(config_name, overrides=overrides, return_hydra_config=True)
@@ -298,6 +325,8 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
         for cfg in configs:
             validate_config(cfg)
         cfg = configs[0]
+        if args.multirun or str(OmegaConf.select(cfg, "hydra.mode")).endswith("MULTIRUN"):
+            check_search_space(config_name, cfg, list(args.overrides))
         if "run_dir" in cfg:
             check_run_dir(cfg)
         if args.multirun and cfg.get("ckpt_path") == "last":

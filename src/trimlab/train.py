@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def run(cfg: DictConfig) -> float | list[float] | None:
         if hydra_cfg.mode == RunMode.MULTIRUN and relaunches_script(cfg):
             run_job_in_fresh_process(run_dir)
             return
+        share_cores(hydra_cfg)
         from trimlab.pipeline import train
         from trimlab.sweep import objective
 
@@ -47,6 +49,16 @@ def run(cfg: DictConfig) -> float | list[float] | None:
         return None
     finally:
         rundir.set_run_id(None)  # the next sweep job gets its own id
+
+
+def share_cores(hydra_cfg) -> None:
+    """Jobs a launcher runs side by side (joblib's n_jobs) split the cores: N jobs x all cores would oversubscribe
+    them (on 2 cores, two 2-thread jobs run several times slower than one after the other)."""
+    n_jobs = int(hydra_cfg.launcher.get("n_jobs") or 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
+    if n_jobs > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs))
 
 
 def relaunches_script(cfg: DictConfig) -> bool:

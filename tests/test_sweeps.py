@@ -1,0 +1,93 @@
+"""Sweeps: the optuna sweeper completes, records a failed trial and goes on, and resumes a killed study
+without re-running finished trials; every sweep writes sweep_summary.json/.csv as its jobs end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, FAST, assert_clear_error, run_cli
+
+TINY = ["trainer.max_epochs=1", *FAST[1:], "model.widths=[8,16]", "cost.latency_repeats=2"]
+
+
+def sweep_dir(cwd: Path, study: str) -> Path:
+    return cwd / "outputs" / "train" / "sweeps" / study
+
+
+def rows(path: Path) -> list[dict]:
+    summary = path / "sweep_summary.json"
+    return json.loads(summary.read_text())["rows"] if summary.is_file() else []
+
+
+@pytest.mark.slow
+def test_optuna_sweep_completes_and_records_a_failed_trial(tmp_path):
+    env = {"TRIMLAB_DATA": str(tmp_path / "no_data_here")}  # mnist trials fail at run time: no dataset
+    result = run_cli("hparams_search=optuna_tpe", "hydra.sweeper.n_trials=6", "hydra.sweeper.study_name=s1",
+                     "data=choice(digits,mnist)", *TINY, cwd=tmp_path, env=env, timeout=600)  # fmt: skip
+    jobs = rows(sweep_dir(tmp_path, "s1"))
+    assert len(jobs) == 6, result.stderr[-3000:]
+    failed = [j for j in jobs if j["status"] != "completed"]
+    completed = [j for j in jobs if j["status"] == "completed"]
+    assert failed and completed  # a failing trial never stopped the others
+    assert all("data=mnist" in j["overrides"] and "MNIST" in j["error"] for j in failed)
+    assert all(j["test/acc"] > 0.1 and j["cost.latency_ms_p50"] > 0 for j in completed)
+    assert result.returncode != 0  # the sweep says it had failures
+    assert f"{len(failed)} sweep job(s) failed" in result.stderr.strip().splitlines()[-1]
+    csv_lines = (sweep_dir(tmp_path, "s1") / "sweep_summary.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 7 and csv_lines[0].startswith("job,status,error,overrides")
+    results = (sweep_dir(tmp_path, "s1") / "optimization_results.yaml").read_text()
+    assert "completed: " + str(len(completed)) in results
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    command = [str(BIN / "trimlab-train"), "hparams_search=random", "hydra.sweeper.n_trials=5",
+               "hydra.sweeper.study_name=s2", *TINY]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline", "TRIMLAB_OUTPUT": str(tmp_path / "outputs")}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while len([r for r in rows(sweep_dir(tmp_path, "s2")) if r["status"] == "completed"]) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, "the sweep did not get going"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {r["job"] for r in rows(sweep_dir(tmp_path, "s2")) if r["status"] == "completed"}
+    assert 2 <= len(before) < 5
+
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = [r for r in rows(sweep_dir(tmp_path, "s2")) if r["status"] == "completed"]
+    assert len(after) == 5
+    assert before <= {r["job"] for r in after}  # the finished trials kept their run dirs, not re-run
+    numbers = sorted(int(r["job"].split("_")[0]) for r in after)
+    assert len(set(numbers)) == 5  # job numbers continue after the kill: no run dir collides
+
+
+def test_an_unknown_optimized_metric_is_refused(tmp_path):
+    result = run_cli("hparams_search=optuna_tpe", "optimized_metric=test/accuracy", *TINY, cwd=tmp_path)
+    assert_clear_error(result, "optimized_metric='test/accuracy' is not a summary value")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_search_space_over_an_unknown_key_is_refused(tmp_path):
+    result = run_cli("hparams_search=optuna_tpe", "task.optimizer.lrr=interval(0.1,0.2)", *TINY, cwd=tmp_path)
+    assert_clear_error(result, "task.optimizer.lrr")
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_a_basic_sweep_writes_its_summary(tmp_path):
+    result = run_cli("-m", "model.widths=[4,8],[8,16]", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next((tmp_path / "outputs" / "train" / "multirun").iterdir())
+    jobs = rows(sweep)
+    assert [j["status"] for j in jobs] == ["completed", "completed"]
+    assert "sweep: 2 jobs, 0 failed" in result.stdout
