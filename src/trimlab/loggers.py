@@ -43,6 +43,17 @@ def log_final(loggers: list[Any], scores: dict[str, float], hparams: dict[str, A
         logger.save()
 
 
+def log_images(loggers: list[Any], images: dict[str, Any]) -> None:
+    """Plots as images where the logger shows them (W&B), as artifacts where it keeps files (MLflow)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            for key, path in images.items():
+                logger.log_image(key=key, images=[str(path)])
+        elif type(logger).__name__ == "MLFlowLogger":
+            for path in images.values():
+                logger.experiment.log_artifact(logger.run_id, str(path))
+
+
 def finish(loggers: list[Any], status: str) -> None:
     for logger in loggers:
         logger.finalize("success" if status == "completed" else "failed")

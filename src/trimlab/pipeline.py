@@ -177,6 +177,7 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         report.save_plots(run_dir, probs, targets, datamodule.class_names)
         report.save_predictions(run_dir, probs, targets)
         run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
+        run_loggers.log_images(loggers, {name: run_dir / f"{name}.png" for name in ("confusion_matrix", "roc")})
     except BaseException as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
         raise

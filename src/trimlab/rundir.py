@@ -40,6 +40,15 @@ def run_id_from_dir(run_dir: str | Path) -> str | None:
 
 
 _sweep_id = uuid.uuid4().hex[:6]  # one per process: a sweep's jobs share it, two sweeps never do
+_sweep_name: list[str] = []  # the sweep dir's name while a sweep job runs: its W&B group
+
+
+def set_sweep_name(name: str | None) -> None:
+    _sweep_name[:] = [name] if name else []
+
+
+def sweep_name() -> str | None:
+    return _sweep_name[0] if _sweep_name else None
 
 
 def register_resolvers() -> None:
@@ -47,6 +56,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", current_run_id)
     if not OmegaConf.has_resolver("sweep_id"):
         OmegaConf.register_new_resolver("sweep_id", lambda: _sweep_id)
+    if not OmegaConf.has_resolver("sweep_name"):
+        OmegaConf.register_new_resolver("sweep_name", sweep_name)
     if not OmegaConf.has_resolver("pretrained_encoder"):
         OmegaConf.register_new_resolver("pretrained_encoder", _pretrained_encoder)
 

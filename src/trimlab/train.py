@@ -31,6 +31,8 @@ def run(cfg: DictConfig) -> float | list[float] | None:
             run_job_in_fresh_process(run_dir)
             return
         share_cores(hydra_cfg)
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # sweep jobs share a W&B group named after the sweep
+            rundir.set_sweep_name(Path(hydra_cfg.sweep.dir).name)
         from trimlab.pipeline import train
         from trimlab.sweep import objective
 
@@ -49,6 +51,7 @@ def run(cfg: DictConfig) -> float | list[float] | None:
         return None
     finally:
         rundir.set_run_id(None)  # the next sweep job gets its own id
+        rundir.set_sweep_name(None)
 
 
 def share_cores(hydra_cfg) -> None:
