@@ -65,9 +65,11 @@ def job_row(job_dir: Path) -> dict[str, Any] | None:
     except ValueError:
         summary = {"status": "failed", "error": "summary.json is corrupt"}
     overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.is_file() else []
+    status = summary.get("status", "failed")
     row = {
         "job": job_dir.name,
-        "status": summary.get("status", "failed"),
+        # A summary still saying "running" belongs to a job that was killed (the sweep resumed without it).
+        "status": "interrupted" if status == "running" else status,
         "error": summary.get("error") or ("" if summary else "the job ended before writing its summary"),
         "overrides": " ".join(overrides),
     }
@@ -82,7 +84,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 
     rows = [row for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if (row := job_row(job))]
     rows.sort(key=lambda r: (int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 1 << 30, r["job"]))
-    failed = sum(r["status"] != "completed" for r in rows)
+    failed = sum(r["status"] == "failed" for r in rows)
     write_json(sweep_dir / "sweep_summary.json", {"jobs": len(rows), "failed": failed, "rows": rows})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["job"])
@@ -104,7 +106,7 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
-        failed = [r["job"] for r in rows if r["status"] != "completed"]
+        failed = [r["job"] for r in rows if r["status"] == "failed"]
         failed_in_sweep.extend(failed)
         log.info("sweep finished: %d jobs, %d failed; summary: %s", len(rows), len(failed),
                  sweep_dir / "sweep_summary.json")  # fmt: skip
