@@ -68,9 +68,10 @@ def job_row(job_dir: Path) -> dict[str, Any] | None:
     status = summary.get("status", "failed")
     row = {
         "job": job_dir.name,
-        # A summary still saying "running" belongs to a job that was killed (the sweep resumed without it).
-        "status": "interrupted" if status == "running" else status,
-        "error": summary.get("error") or ("" if summary else "the job ended before writing its summary"),
+        # No summary, or one still saying "running": the job was killed (a failed job always leaves one, see
+        # SweepSummary.on_job_end); a resumed sweep runs that trial again.
+        "status": "interrupted" if status == "running" or not summary else status,
+        "error": summary.get("error") or ("" if summary else "killed before it wrote its summary"),
         "overrides": " ".join(overrides),
     }
     row.update({k: (summary.get("metrics") or {}).get(k) for k in METRICS})
@@ -98,8 +99,14 @@ class SweepSummary(Callback):
     """Registered in train.yaml under hydra.callbacks; acts in multirun only."""
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
-            write_summary(Path(config.hydra.sweep.dir))
+        if config.hydra.mode is None or not str(config.hydra.mode).endswith("MULTIRUN"):
+            return
+        job_summary = Path(config.hydra.runtime.output_dir) / "summary.json"
+        if job_return.status.name == "FAILED" and not job_summary.is_file():  # failed before trimlab's own record
+            from trimlab.report import write_json
+
+            write_json(job_summary, {"status": "failed", "error": f"{job_return._return_value!r}"})
+        write_summary(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
