@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimlab.cli import check_listed_once
+from trimlab.compression_checks import check_listed_once
 from trimlab.compression import Context, artifact
 from trimlab.compression.distillation import DistillationLoss
 from trimlab.compression.pruning import GradualPruning, Prune, PruneStructured, prune_to, sparsity_of
