@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimlab.compression_checks import check_listed_once
 from trimlab.compression import Context, artifact
 from trimlab.compression.distillation import DistillationLoss
 from trimlab.compression.pruning import GradualPruning, Prune, PruneStructured, prune_to, sparsity_of
 from trimlab.compression.quantization import BFloat16, QuantizationAwareTraining, QuantizeDynamic, QuantizeStatic
+from trimlab.compression_checks import check_listed_once
 from trimlab.errors import ConfigError
 from trimlab.models.text import TransformerClassifier
 from trimlab.models.vision import SmallCNN
