@@ -126,6 +126,8 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "outputs").rglob("summary.json")]
     assert sorted(s["status"] for s in summaries) == ["completed", "completed"]
     assert list((tmp_path / "outputs").rglob(".submitit"))  # the jobs really went through submitit
+    sweep = json.loads(next((tmp_path / "outputs").rglob("sweep_summary.json")).read_text())
+    assert sweep["jobs"] == 2 and sweep["failed"] == 0  # rows written by each job, in its own process
 
 
 def test_compile_records_first_step_apart_from_steady_state(tmp_path):

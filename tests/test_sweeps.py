@@ -93,3 +93,14 @@ def test_a_basic_sweep_writes_its_summary(tmp_path):
     jobs = rows(sweep)
     assert [j["status"] for j in jobs] == ["completed", "completed"]
     assert "sweep: 2 jobs, 0 failed" in result.stdout
+
+
+@pytest.mark.slow
+def test_joblib_jobs_run_side_by_side_on_their_share_of_the_cores(tmp_path):
+    result = run_cli("-m", "hydra/launcher=joblib_trimlab", "model=cnn,resnet", *TINY[:-2], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next((tmp_path / "outputs" / "train" / "multirun").iterdir())
+    jobs = rows(sweep)
+    assert [j["status"] for j in jobs] == ["completed", "completed"]
+    threads = [json.loads(Path(j["run_dir"], "summary.json").read_text())["env"]["threads"] for j in jobs]
+    assert threads == [max(1, (os.cpu_count() or 1) // 2)] * 2  # 2 jobs at once: half the cores each
