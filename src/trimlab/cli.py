@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import rundir
-from trimlab.compression_checks import check_compression, check_listed_once
+from trimlab.compression_checks import check_compression, check_listed_once, strategy_name
 from trimlab.errors import ConfigError, TrimlabError, fail, full_errors
 from trimlab.sweep import objective_keys
 
@@ -86,8 +86,7 @@ def check_pairings(cfg: DictConfig) -> None:
             "data.tokenizer=pretrained data.tokenizer_path=${model.pretrained_path}"
         )
     freeze = _number(cfg, "finetune.freeze_epochs") or 0
-    strategy = OmegaConf.select(cfg, "trainer.strategy")
-    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "auto")
+    name = strategy_name(cfg)
     if freeze > 0 and any(word in name.lower() for word in ("ddp", "fsdp", "modelparallel", "model_parallel")):
         raise ConfigError(
             f"finetune.freeze_epochs={freeze} cannot run under {name.rsplit('.', 1)[-1]}: weights frozen when the "
@@ -97,8 +96,7 @@ def check_pairings(cfg: DictConfig) -> None:
 
 def check_strategy(cfg: DictConfig) -> None:
     """FSDP needs GPUs: say so before Lightning does it deep inside Trainer construction."""
-    strategy = OmegaConf.select(cfg, "trainer.strategy")
-    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    target = strategy_name(cfg, default="")
     if not (target.endswith("FSDPStrategy") or target == "fsdp"):
         return
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")

@@ -36,17 +36,27 @@ def check_compression(cfg: DictConfig) -> None:
     if "distill" in names:
         if str(OmegaConf.select(cfg, "semi_supervised.method", default="none")) != "none":
             raise ConfigError("distill and semi_supervised change the same train split; use one of them")
-        teacher = OmegaConf.select(cfg, "compression.distill.teacher")
-        if not teacher or not (Path(str(teacher)).expanduser() / "summary.json").is_file():
-            raise ConfigError(
-                f"compression.distill.teacher={teacher}: no finished run there (no summary.json); pass the run dir "
-                "of a completed trimlab-train run"
-            )
+        check_teacher_dir(OmegaConf.select(cfg, "compression.distill.teacher"))
+
+
+def check_teacher_dir(teacher: str | None) -> Path:
+    path = Path(str(teacher)).expanduser() if teacher else None
+    if path is None or not (path / "summary.json").is_file():
+        raise ConfigError(
+            f"compression.distill.teacher={teacher}: no finished run there (no summary.json); pass the run dir "
+            "of a completed trimlab-train run"
+        )
+    return path
+
+
+def strategy_name(cfg: DictConfig, default: str = "auto") -> str:
+    """`trainer.strategy` as a name: its `_target_` class path, or the string Lightning takes."""
+    strategy = OmegaConf.select(cfg, "trainer.strategy")
+    return strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or default)
 
 
 def multi_process(cfg: DictConfig) -> bool:
-    strategy = OmegaConf.select(cfg, "trainer.strategy")
-    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "auto")
+    name = strategy_name(cfg)
     devices = OmegaConf.select(cfg, "trainer.devices", default=1)
     many = isinstance(devices, ListConfig) and len(devices) > 1 or str(devices) not in ("1", "auto", "None")
     nodes = int(OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1)

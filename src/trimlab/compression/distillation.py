@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trimlab.compression import Stage
+from trimlab.compression_checks import check_teacher_dir
 from trimlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,7 @@ class Distill(Stage):
 
     def __init__(self, teacher: str | None = None, temperature: float = 4.0, alpha: float = 0.7, cache: bool = True,
                  cache_dir: str | None = None) -> None:  # fmt: skip
-        if not teacher:
-            raise ConfigError("compression.distill.teacher is not set; pass compression.distill.teacher=<run dir>")
-        self.teacher_dir = Path(teacher).expanduser()
-        if not (self.teacher_dir / "summary.json").is_file():
-            raise ConfigError(
-                f"compression.distill.teacher={teacher}: no finished run there (no summary.json); "
-                "pass the run dir of a completed trimlab-train run"
-            )
+        self.teacher_dir = check_teacher_dir(teacher)
         if not temperature > 0 or not 0 <= alpha <= 1:
             raise ConfigError(f"compression.distill: temperature={temperature} must be > 0, alpha={alpha} in [0, 1]")
         self.temperature, self.alpha, self.cache = float(temperature), float(alpha), bool(cache)
