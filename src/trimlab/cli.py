@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trimlab import rundir
 from trimlab.compression_checks import check_compression, check_listed_once, strategy_name
 from trimlab.errors import ConfigError, TrimlabError, fail, full_errors
+from trimlab.loggers import check_tracking
 from trimlab.sweep import objective_keys
 
 
@@ -70,6 +71,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_strategy(cfg)
     check_pairings(cfg)
     check_compression(cfg)
+    check_tracking(cfg)  # an MLflow server that does not answer
     objective_keys(cfg)  # a known optimized_metric, or a clear error
     price = _number(cfg, "cost.price_per_hour")
     if price is not None and price < 0:

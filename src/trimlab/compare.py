@@ -1,10 +1,12 @@
 """trimlab-compare: runs side by side — accuracy beside what they cost — and the accuracy-vs-cost Pareto front.
 
-    trimlab-compare outputs/mnist_cnn outputs/train/multirun/<sweep> [--sort cost.latency_ms_p50]
+    trimlab-compare outputs/mnist_cnn outputs/train/sweeps/<sweep> [--sort cost.latency_ms_p50]
                     [--csv runs.csv] [--markdown runs.md] [--pareto test/acc:latency_ms_p50 --tolerance 1.0]
+    trimlab-compare --mlflow http://127.0.0.1:5000 mnist_cnn      # the runs of an MLflow experiment
+    trimlab-compare --wandb my-team/trimlab                       # the runs of a W&B project
 
 Paths are run dirs (with a summary.json) or any dir above them (a sweep, a task's outputs): every summary.json
-below is read. A compressed run's cost is its deployed model's.
+below is read. A compressed run's cost is its deployed model's. Sources mix: one table across sweeps and servers.
 """
 
 from __future__ import annotations
@@ -164,8 +166,19 @@ def plot_pareto(runs: list[dict], front: list[dict], pick: dict | None, metric: 
     plt.close(fig)
 
 
+def gather(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from trimlab import remote_runs
+
+    runs = load_runs([Path(p) for p in args.paths]) if args.paths else []
+    for uri, experiment in args.mlflow or []:
+        runs += remote_runs.mlflow_runs(uri, experiment)
+    for project in args.wandb or []:
+        runs += remote_runs.wandb_runs(project)
+    return runs
+
+
 def compare(args: argparse.Namespace) -> None:
-    runs = load_runs([Path(p) for p in args.paths])
+    runs = gather(args)
     if args.sort:
         key = check_key(args.sort, runs, "sort key")
         runs.sort(key=lambda r: (r.get(key) is None, r.get(key) or 0), reverse=args.descending)
@@ -194,7 +207,10 @@ def compare(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trimlab-compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", help="run dirs or dirs above them (sweeps, task outputs)")
+    p.add_argument("paths", nargs="*", help="run dirs or dirs above them (sweeps, task outputs)")
+    p.add_argument("--mlflow", nargs=2, action="append", metavar=("URI", "EXPERIMENT"),
+                   help="the runs of an MLflow experiment (a server's http:// URI or a file: store)")  # fmt: skip
+    p.add_argument("--wandb", action="append", metavar="ENTITY/PROJECT", help="the runs of a W&B project")
     p.add_argument("--sort", help="a metric or cost key, e.g. test/acc or latency_ms_p50")
     p.add_argument("--descending", action="store_true")
     p.add_argument("--csv", help="write every run's numeric fields to this CSV")
@@ -207,6 +223,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if not (args.paths or args.mlflow or args.wandb):
+        parser().error("give run dirs, sweep dirs, --mlflow URI EXPERIMENT or --wandb ENTITY/PROJECT")
     try:
         compare(args)
     except TrimlabError as err:

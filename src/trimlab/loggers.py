@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import netrc
 import os
 import sys
+import urllib.request
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from trimlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +25,29 @@ def wandb_key_configured() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+@functools.cache
+def check_mlflow_server(uri: str, setting: str = "logger.mlflow.tracking_uri") -> None:
+    """An MLflow server that does not answer fails now, in a second: MLflow's own client retries for minutes."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+            status = response.status
+    except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
+        status, reason = None, getattr(err, "reason", err)
+    else:
+        reason = f"/health answered HTTP {status}"
+    if status != 200:
+        raise ConfigError(
+            f"{setting}={uri}: no MLflow server answers there ({reason}); start one (mlflow server "
+            f"--backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the URI"
+        )
+
+
+def check_tracking(cfg: DictConfig) -> None:
+    uri = str(OmegaConf.select(cfg, "logger.mlflow.tracking_uri", default="") or "")
+    if uri.startswith(("http://", "https://")):
+        check_mlflow_server(uri)
 
 
 def build_loggers(logger_cfg: DictConfig | None) -> list[Any]:
@@ -36,7 +63,8 @@ def build_loggers(logger_cfg: DictConfig | None) -> list[Any]:
 
 
 def log_final(loggers: list[Any], scores: dict[str, float], hparams: dict[str, Any], step: int) -> None:
-    """The summary's metric and cost keys, identically to every logger."""
+    """The summary's metric and cost keys, identically to every logger, with the resolved (redacted) config as
+    hyperparameters: W&B's run config, MLflow's params."""
     for logger in loggers:
         logger.log_hyperparams(hparams)
         logger.log_metrics(scores, step=step)

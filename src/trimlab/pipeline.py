@@ -106,7 +106,7 @@ def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str
         "run_dir": str(run_dir.absolute()),
         "task_name": cfg.task_name,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "overrides": overrides,
+        "overrides": report.redact_overrides(overrides),
         "config": config,
     }
 
@@ -176,7 +176,8 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
             probs, targets = apply_compression(summary, cfg, stages, deployable, datamodule, run_dir, task)
         report.save_plots(run_dir, probs, targets, datamodule.class_names)
         report.save_predictions(run_dir, probs, targets)
-        run_loggers.log_final(loggers, report.flat_scores(summary), {"run_id": run_id}, trainer.global_step)
+        hparams = {"run_id": run_id, "overrides": " ".join(summary["overrides"]), **summary["config"]}
+        run_loggers.log_final(loggers, report.flat_scores(summary), hparams, trainer.global_step)
         run_loggers.log_images(loggers, {name: run_dir / f"{name}.png" for name in ("confusion_matrix", "roc")})
     except BaseException as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")

@@ -29,6 +29,12 @@ def redact(value: Any) -> Any:
     return value
 
 
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides with the value of every secret-looking key replaced (`logger.x.api_key=***`)."""
+    return [f"{key}=***" if sep and SECRET_KEY.search(key) else key + sep + value
+            for key, sep, value in (o.partition("=") for o in overrides)]  # fmt: skip
+
+
 def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
