@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint lock clean bench bench-overhead
+.PHONY: setup demo test lint lock clean bench bench-overhead bench-sweep
 
 setup:
 	@bash scripts/setup_env.sh
@@ -25,10 +25,13 @@ lint: $(BIN)/trimlab-train
 	$(BIN)/ruff format --check src tests experiments
 
 # Benchmarks: figures land in experiments/ (see each folder's README).
-bench: bench-overhead
+bench: bench-overhead bench-sweep
 
 bench-overhead: $(BIN)/trimlab-train
 	$(BIN)/python experiments/overhead/bench.py
+
+bench-sweep: $(BIN)/trimlab-train
+	$(BIN)/python experiments/overhead/sweep_bench.py
 
 # Re-pin every package after changing dependencies in pyproject.toml.
 lock: $(BIN)/trimlab-train

@@ -86,13 +86,21 @@ def test_a_search_space_over_an_unknown_key_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_basic_sweep_writes_its_summary(tmp_path):
-    result = run_cli("-m", "seed=1,2", *TINY, cwd=tmp_path)
+def test_a_basic_sweep_writes_its_summary_and_pareto_plot_also_to_wandb(tmp_path):
+    result = run_cli("-m", "seed=1,2", "logger=wandb", *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = next((tmp_path / "outputs" / "train" / "multirun").iterdir())
     jobs = rows(sweep)
     assert [j["status"] for j in jobs] == ["completed", "completed"]
     assert "sweep: 2 jobs, 0 failed" in result.stdout
+    assert (sweep / "pareto.png").stat().st_size > 0
+    assert "cheapest run within 1.0 pt of the best test/acc" in result.stdout
+    (sweep_run,) = (sweep / "wandb").glob("offline-run-*")  # the sweep's own W&B run, beside its trials'
+    inspected = subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--summary", "--json", str(sweep_run)],
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+    recorded = json.loads(inspected.stdout)
+    assert recorded["summary"]["pareto"]["_type"].startswith("image") and recorded["summary"]["jobs"] == 2
+    assert recorded["summary"]["sweep_summary"]["_type"] == "table-file"
 
 
 @pytest.mark.slow

@@ -115,6 +115,9 @@ class SweepSummary(Callback):
         rows = write_summary(sweep_dir)
         failed = [r["job"] for r in rows if r["status"] == "failed"]
         failed_in_sweep.extend(failed)
+        from trimlab.sweep_report import report
+
+        report(config, sweep_dir, rows)  # pareto.png, and the sweep's own W&B run with logger=wandb
         log.info("sweep finished: %d jobs, %d failed; summary: %s", len(rows), len(failed),
                  sweep_dir / "sweep_summary.json")  # fmt: skip
         print(f"sweep: {len(rows)} jobs, {len(failed)} failed; summary: {sweep_dir / 'sweep_summary.json'}", flush=True)

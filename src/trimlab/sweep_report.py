@@ -1,0 +1,79 @@
+"""After a sweep: its accuracy-vs-cost Pareto plot in the sweep dir, and on W&B beside the sweep's runs.
+
+The plot's axes are the sweep's objectives (`optimized_metric`: the first metric and the first cost), else
+test/acc against latency. With `logger=wandb` the plot and the sweep summary go to one more W&B run in the
+sweep's group (`job_type: sweep`), so the group shows the front next to the trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from trimlab.sweep import METRICS, objective_keys
+
+log = logging.getLogger(__name__)
+
+
+def axes(config: DictConfig) -> tuple[str, str]:
+    keys = objective_keys(config)
+    metric = next((k for k in keys if k in METRICS), "test/acc")
+    cost = next((k.removeprefix("cost.") for k in keys if k.startswith("cost.")), "latency_ms_p50")
+    return metric, cost
+
+
+def write_pareto(config: DictConfig, sweep_dir: Path, tolerance_pt: float = 1.0) -> Path | None:
+    """pareto.png in the sweep dir; None when fewer than two jobs completed."""
+    from trimlab import compare
+
+    runs = [r for r in compare.load_runs([sweep_dir]) if r["status"] == "completed"]
+    metric, cost = axes(config)
+    runs = [r for r in runs if r.get(metric) is not None and r.get(cost) is not None]
+    if len(runs) < 2:
+        return None
+    front = compare.pareto_front(runs, metric, cost)
+    pick = compare.cheapest_good_enough(runs, metric, cost, tolerance_pt)
+    png = sweep_dir / "pareto.png"
+    compare.plot_pareto(runs, front, pick, metric, cost, png)
+    if pick is not None:
+        print(f"sweep: cheapest run within {tolerance_pt} pt of the best {metric}: {pick['run']} "
+              f"({metric} {pick[metric]:.4f}, {cost} {compare.fmt(pick[cost])}); plot: {png}", flush=True)  # fmt: skip
+    return png
+
+
+def log_to_wandb(config: DictConfig, sweep_dir: Path, png: Path | None, rows: list[dict[str, Any]]) -> None:
+    """One W&B run for the sweep itself: its Pareto plot and summary table, in the trials' group."""
+    settings = OmegaConf.select(config, "logger.wandb")
+    if not settings:
+        return
+    import wandb
+
+    from trimlab.loggers import wandb_key_configured
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_key_configured() else "offline")
+    run = wandb.init(
+        project=settings.get("project"), entity=settings.get("entity"), group=sweep_dir.name, job_type="sweep",
+        name=f"{sweep_dir.name}-sweep", tags=list(settings.get("tags") or []), dir=str(sweep_dir), mode=mode,
+        config={"sweep_dir": str(sweep_dir), "optimized_metric": objective_keys(config)},
+    )  # fmt: skip
+    columns = list(rows[0]) if rows else ["job"]
+    payload: dict[str, Any] = {"sweep_summary": wandb.Table(columns=columns, data=[[r.get(c) for c in columns]
+                                                                                    for r in rows])}  # fmt: skip
+    if png is not None:
+        payload["pareto"] = wandb.Image(str(png))
+    run.log(payload)
+    run.summary.update({"jobs": len(rows), "failed": sum(r["status"] == "failed" for r in rows)})
+    run.finish()
+
+
+def report(config: DictConfig, sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Never fails the sweep: its jobs' results are already on disk."""
+    try:
+        png = write_pareto(config, sweep_dir)
+        log_to_wandb(config, sweep_dir, png, rows)
+    except Exception as err:  # noqa: BLE001 - a plot or an upload that fails is logged, not fatal
+        log.warning("sweep report incomplete (%s: %s)", type(err).__name__, err)
