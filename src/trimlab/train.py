@@ -58,6 +58,8 @@ def share_cores(hydra_cfg) -> None:
     """Jobs a launcher runs side by side (joblib's n_jobs) split the cores: N jobs x all cores would oversubscribe
     them (on 2 cores, two 2-thread jobs run several times slower than one after the other)."""
     n_jobs = int(hydra_cfg.launcher.get("n_jobs") or 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
+    if n_jobs < 0:  # joblib's convention (hydra/launcher=joblib defaults to -1): all cores + 1 + n_jobs
+        n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
     if n_jobs > 1:
         import torch
 
