@@ -94,3 +94,13 @@ def test_clear_errors_for_empty_dirs_and_unknown_keys(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing")])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_table_shows_only_the_overrides_that_differ():
+    from trimlab.compare import shown_overrides
+
+    runs = [{"overrides": "experiment=mnist compression=none seed=1"},
+            {"overrides": "experiment=mnist compression=prune seed=1"}]  # fmt: skip
+    assert [r["overrides"] for r in shown_overrides(runs)] == ["compression=none", "compression=prune"]
+    assert runs[0]["overrides"] == "experiment=mnist compression=none seed=1"  # the CSV keeps them all
+    assert shown_overrides(runs[:1])[0]["overrides"] == runs[0]["overrides"]

@@ -29,7 +29,7 @@ def test_same_command_twice_gives_identical_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    args = [*FAST, "trainer.max_epochs=5", "data.batch_size=8", "callbacks.early_stopping=null"]
+    args = [*FAST, "trainer.max_epochs=5", "data.batch_size=8", "callbacks.early_stopping=null", "logger=wandb"]
     env = {**os.environ, "WANDB_MODE": "offline", "TRIMLAB_OUTPUT": str(tmp_path / "outputs")}
     process = subprocess.Popen(
         [str(BIN / "trimlab-train"), *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -52,6 +52,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     resumed_summary = json.loads((killed_dir / "summary.json").read_text())
     assert resumed_summary["status"] == "completed"
     assert resumed_summary["run_id"] == killed_dir.name[-8:]
+    wandb_runs = sorted((killed_dir / "wandb").glob("offline-run-*"))  # killed, then resumed: the same W&B run id
+    assert len(wandb_runs) == 2 and all(d.name.endswith(f"-{resumed_summary['run_id']}") for d in wandb_runs)
 
     whole = run_cli(*args, cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]

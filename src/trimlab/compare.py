@@ -177,6 +177,17 @@ def gather(args: argparse.Namespace) -> list[dict[str, Any]]:
     return runs
 
 
+def shown_overrides(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table's `overrides`: only those that differ between the runs (what a sweep varied); CSV keeps all."""
+    tokens = [set(str(r.get("overrides") or "").split()) for r in runs]
+    common = set.intersection(*tokens) if len(runs) > 1 else set()
+    shown = []
+    for run in runs:
+        kept = [o for o in str(run.get("overrides") or "").split() if o not in common]
+        shown.append({**run, "overrides": " ".join(kept)})
+    return shown
+
+
 def compare(args: argparse.Namespace) -> None:
     runs = gather(args)
     if args.sort:
@@ -195,8 +206,8 @@ def compare(args: argparse.Namespace) -> None:
     if args.csv:
         Path(args.csv).write_text(to_csv(runs))
     if args.markdown:
-        Path(args.markdown).write_text(to_markdown(runs))
-    print_table(runs, marked)
+        Path(args.markdown).write_text(to_markdown(shown_overrides(runs)))
+    print_table(shown_overrides(runs), marked)
     if args.pareto:
         print(f"Pareto front ({metric} vs {cost}): {', '.join(r['run'] for r in front)}")
         if pick is not None:
