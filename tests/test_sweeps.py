@@ -113,3 +113,36 @@ def test_joblib_jobs_run_side_by_side_on_their_share_of_the_cores(tmp_path):
     assert [j["status"] for j in jobs] == ["completed", "completed"]
     threads = [json.loads(Path(j["run_dir"], "summary.json").read_text())["env"]["threads"] for j in jobs]
     assert threads == [1, 1]  # one job per core at once: one thread each
+
+
+def test_the_basic_sweeper_composes_each_job_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from hydra.core.plugins import Plugins
+    from omegaconf import OmegaConf
+
+    plugins = Plugins.instance()  # first: Hydra's plugin scan re-imports its sweeper module, as in a real run
+    from hydra_plugins.trimlab_sweeper.basic_sweeper import BasicSweeper
+
+    composed: list[tuple] = []
+
+    def compose(master_config, sweep_overrides):
+        composed.append(tuple(sweep_overrides))
+        return OmegaConf.create({"overrides": list(sweep_overrides)})
+
+    loader = SimpleNamespace(load_sweep_config=compose)
+    config = OmegaConf.create({"hydra": {}})
+
+    class BasicLauncher:  # launches as Hydra's does: composes each job through the context's loader
+        def launch(self, batch, initial_job_idx):
+            return [loader.load_sweep_config(config, list(overrides)) for overrides in batch]
+
+    monkeypatch.setattr(plugins, "instantiate_launcher", lambda **kwargs: BasicLauncher())
+    sweeper = BasicSweeper(max_batch_size=None)
+    sweeper.setup(hydra_context=SimpleNamespace(config_loader=loader), task_function=None, config=config)
+    batch = [["seed=1"], ["seed=2"]]
+    sweeper.validate_batch_is_legal(batch)  # composes both: a bad combination fails before any job runs
+    launched = sweeper.launcher.launch(batch, initial_job_idx=0)
+    assert composed == [("seed=1",), ("seed=2",)]  # not composed again at launch
+    assert [c.overrides for c in launched] == [["seed=1"], ["seed=2"]]
+    assert sweeper.launcher.launch([["seed=3"]], 2)[0].overrides == ["seed=3"]  # an unvalidated job still composes

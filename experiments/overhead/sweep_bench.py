@@ -11,6 +11,8 @@ Per job, everything is split into:
 - fit + test: Lightning's fit and test;
 - report: test end to `pipeline.train` exit (cost measurement, plots, predictions, summary).
 
+Each sweep runs twice, alternating trimlab's basic sweeper (the default) with Hydra's own.
+
 Run: make bench-sweep   (writes experiments/overhead/sweep_results.json; about a minute)
 """
 
@@ -88,6 +90,35 @@ def per_job(events: list[tuple[str, float]]) -> dict[str, list[float]]:
     }
 
 
+SWEEPERS = {
+    "trimlab_basic": [],  # the default: hydra/sweeper=basic resolves to conf/hydra/sweeper/basic.yaml
+    "hydra_basic": ["hydra.sweeper._target_=hydra._internal.core_plugins.basic_sweeper.BasicSweeper"],
+}
+REPEATS = 2
+
+
+def one_sweep(bench, train_cli, extra: list[str]) -> dict:
+    bench.EVENTS.clear()
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.argv = [
+            "trimlab-train", "-m", f"seed=range(1,{JOBS + 1})", *TINY, f"hydra.sweep.dir={tmp}/sweep",
+            "+callbacks.fit_test_timer._target_=sweep_bench.FitTestTimer",
+            "+hydra.callbacks.sweep_timer._target_=sweep_bench.SweepTimer", *extra,
+        ]  # fmt: skip
+        bench.mark("command_start")
+        train_cli.main()
+        bench.mark("command_end")
+    phases = per_job(bench.EVENTS)
+    at = dict(bench.EVENTS)  # these events happen once
+    return {
+        "command_wall_s": round(at["command_end"] - at["command_start"], 2),
+        # once per sweep: Hydra's start and trimlab's preflight (each swept value composed once) before job 1
+        "before_first_job_s": round(at["multirun_start"] - at["command_start"], 2),
+        **{f"{k}_median": round(statistics.median(v), 4) for k, v in phases.items()},
+        "per_job": {k: [round(x, 4) for x in v] for k, v in phases.items()},
+    }
+
+
 def main() -> None:
     sys.path.insert(0, str(HERE))  # the callbacks are instantiated by name, sweep_bench.<Class>: one module
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -96,30 +127,22 @@ def main() -> None:
     from trimlab import train as train_cli
 
     bench.timed_train()
-    with tempfile.TemporaryDirectory() as tmp:
-        sys.argv = [
-            "trimlab-train", "-m", f"seed=range(1,{JOBS + 1})", *TINY, f"hydra.sweep.dir={tmp}/sweep",
-            "+callbacks.fit_test_timer._target_=sweep_bench.FitTestTimer",
-            "+hydra.callbacks.sweep_timer._target_=sweep_bench.SweepTimer",
-        ]  # fmt: skip
-        bench.mark("command_start")
-        train_cli.main()
-        bench.mark("command_end")
-    phases = per_job(bench.EVENTS)
-    at = dict(bench.EVENTS)  # these events happen once
+    runs = {name: [] for name in SWEEPERS}
+    for _ in range(REPEATS):  # alternated, so drift in the machine's speed hits both alike
+        for name, extra in SWEEPERS.items():
+            runs[name].append(one_sweep(bench, train_cli, extra))
     result = {
         "jobs": JOBS,
-        "command_wall_s": round(at["command_end"] - at["command_start"], 2),
-        # once per sweep: Hydra's start and trimlab's preflight (each swept value composed once) before job 1
-        "before_first_job_s": round(at["multirun_start"] - at["command_start"], 2),
-        **{f"{k}_median": round(statistics.median(v), 4) for k, v in phases.items()},
-        "per_job": {k: [round(x, 4) for x in v] for k, v in phases.items()},
+        "launcher_s": {name: [r["launcher_s_median"] for r in rs] for name, rs in runs.items()},
+        "runs": runs,
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version()},  # fmt: skip
         "date": time.strftime("%Y-%m-%d"),
     }
     (HERE / "sweep_results.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "per_job"}, indent=2))
+    for name, rs in runs.items():
+        print(name, json.dumps({k: v for k, v in rs[-1].items() if k != "per_job"}))
+    print("launcher overhead per job, s:", json.dumps(result["launcher_s"]))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Rows are rebuilt from the job dirs' own summaries each time, so the file is righ
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -57,9 +58,18 @@ def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float | list[f
 
 
 def job_row(job_dir: Path) -> dict[str, Any] | None:
-    summary_path, overrides_path = job_dir / "summary.json", job_dir / ".hydra" / "overrides.yaml"
-    if not summary_path.is_file() and not overrides_path.is_file():
+    """One job's row, read again only when its files changed: the summary is rebuilt after every job."""
+    files = (job_dir / "summary.json", job_dir / ".hydra" / "overrides.yaml")
+    stamps = tuple(path.stat().st_mtime_ns if path.is_file() else None for path in files)
+    if stamps == (None, None):
         return None
+    row = _read_row(job_dir, stamps)
+    return dict(row) if row is not None else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_row(job_dir: Path, stamps: tuple) -> dict[str, Any] | None:
+    summary_path, overrides_path = job_dir / "summary.json", job_dir / ".hydra" / "overrides.yaml"
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     except ValueError:
