@@ -157,9 +157,9 @@ def plot_pareto(runs: list[dict], front: list[dict], pick: dict | None, metric: 
     if pick is not None:
         ax.scatter([pick[cost]], [pick[metric]], s=160, facecolors="none", edgecolors="tab:red", linewidths=2,
                    label=f"cheapest good enough: {pick['run']}")  # fmt: skip
-    ax.set_xlabel(cost)
+    ax.set_xlabel(f"{cost} ({'higher' if cost in HIGHER_IS_BETTER_COSTS else 'lower'} is better)")
     ax.set_ylabel(metric)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
