@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import BIN, FAST, assert_clear_error, run_cli
 
@@ -93,11 +94,14 @@ def test_a_basic_sweep_writes_its_summary_and_pareto_plot_also_to_wandb(tmp_path
     jobs = rows(sweep)
     assert [j["status"] for j in jobs] == ["completed", "completed"]
     assert "sweep: 2 jobs, 0 failed" in result.stdout
+    sweeper = OmegaConf.load(sweep / "multirun.yaml").hydra.sweeper._target_
+    assert sweeper == "hydra_plugins.trimlab_sweeper.basic_sweeper.BasicSweeper"  # conf/hydra/sweeper/basic.yaml
     assert (sweep / "pareto.png").stat().st_size > 0
     assert "cheapest run within 1.0 pt of the best test/acc" in result.stdout
     (sweep_run,) = (sweep / "wandb").glob("offline-run-*")  # the sweep's own W&B run, beside its trials'
     inspected = subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--summary", "--json", str(sweep_run)],
                                capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
     recorded = json.loads(inspected.stdout)
     assert recorded["summary"]["pareto"]["_type"].startswith("image") and recorded["summary"]["jobs"] == 2
     assert recorded["summary"]["sweep_summary"]["_type"] == "table-file"
@@ -146,3 +150,17 @@ def test_the_basic_sweeper_composes_each_job_once(monkeypatch):
     assert composed == [("seed=1",), ("seed=2",)]  # not composed again at launch
     assert [c.overrides for c in launched] == [["seed=1"], ["seed=2"]]
     assert sweeper.launcher.launch([["seed=3"]], 2)[0].overrides == ["seed=3"]  # an unvalidated job still composes
+
+
+def test_sweep_rows_redact_secret_overrides_and_follow_rewritten_summaries(tmp_path):
+    from trimlab.report import write_json
+    from trimlab.sweep import job_row
+
+    job = tmp_path / "0_abc"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=1\n- +logger.x.api_key=sk-123\n")
+    write_json(job / "summary.json", {"status": "running"})
+    assert job_row(job)["status"] == "interrupted"
+    assert job_row(job)["overrides"] == "seed=1 +logger.x.api_key=***"
+    write_json(job / "summary.json", {"status": "completed", "metrics": {"test/acc": 0.5}})
+    assert job_row(job)["status"] == "completed" and job_row(job)["test/acc"] == 0.5  # not the cached row

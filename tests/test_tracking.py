@@ -52,7 +52,11 @@ def mlflow_server(tmp_path_factory):
         yield uri
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
         log.close()
 
 
@@ -64,7 +68,8 @@ def test_a_run_reaches_a_real_mlflow_server_and_compare_reads_it_back(tmp_path, 
         "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}", "task_name=served", "trainer.max_epochs=1",
         output_dir=run_dir,
     )
-    summary = train(cfg, run_dir, "mlf00001", overrides=["trainer.max_epochs=1"])
+    long = "+note=" + "x" * 300  # past MLflow params' 250 characters: overrides travel as a tag
+    summary = train(cfg, run_dir, "mlf00001", overrides=["trainer.max_epochs=1", long])
     assert summary["status"] == "completed"
 
     from mlflow.tracking import MlflowClient
@@ -75,7 +80,7 @@ def test_a_run_reaches_a_real_mlflow_server_and_compare_reads_it_back(tmp_path, 
     assert run.info.run_name == "mlf00001" and run.info.status == "FINISHED"
     assert run.data.params["task_name"] == "served"  # the resolved config, as params
     assert run.data.params["model/_target_"] == "trimlab.models.vision.SmallCNN"
-    assert run.data.params["overrides"] == "trainer.max_epochs=1"
+    assert run.data.tags["overrides"] == f"trainer.max_epochs=1 {long}"
     assert run.data.metrics["test/acc"] == pytest.approx(summary["metrics"]["test/acc"])
     assert run.data.metrics["cost/latency_ms_p50"] == pytest.approx(summary["cost"]["latency_ms_p50"])
     assert {"confusion_matrix.png", "roc.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -84,6 +89,7 @@ def test_a_run_reaches_a_real_mlflow_server_and_compare_reads_it_back(tmp_path, 
     assert "mlf00001" in capsys.readouterr().out
     (row,) = list(csv.DictReader((tmp_path / "runs.csv").open()))
     assert row["status"] == "completed" and row["run_dir"].endswith(run.info.run_id)
+    assert row["overrides"] == f"trainer.max_epochs=1 {long}"
     assert float(row["test/acc"]) == pytest.approx(summary["metrics"]["test/acc"])
     assert float(row["size_bytes"]) == summary["cost"]["size_bytes"]
     assert (tmp_path / "pareto.png").stat().st_size > 0
@@ -168,3 +174,28 @@ def test_reading_wandb_without_a_key_is_one_clear_error(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         compare.main(["--wandb", "just-a-project"])
     assert "give ENTITY/PROJECT" in capsys.readouterr().err
+
+
+def test_any_http_answer_counts_as_a_server():
+    """An auth proxy's 401 or a host without /health still answers: only silence is refused."""
+    import http.server
+    import threading
+
+    from trimlab.errors import ConfigError
+    from trimlab.loggers import check_mlflow_server
+
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server hook's name
+            self.send_error(401)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_mlflow_server(f"http://127.0.0.1:{server.server_port}")  # no error
+    finally:
+        server.shutdown()
+    with pytest.raises(ConfigError, match="no MLflow server answers there"):
+        check_mlflow_server(f"http://127.0.0.1:{free_port()}")

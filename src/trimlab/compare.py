@@ -177,10 +177,19 @@ def gather(args: argparse.Namespace) -> list[dict[str, Any]]:
     return runs
 
 
+def pareto(runs: list[dict], metric: str, cost: str, tolerance_pt: float, png: Path) -> tuple[list, dict | None]:
+    """The front among completed runs, the cheapest good-enough run, and the plot of both."""
+    completed = [r for r in runs if r["status"] == "completed"]
+    front = pareto_front(completed, metric, cost)
+    pick = cheapest_good_enough(completed, metric, cost, tolerance_pt)
+    plot_pareto(completed, front, pick, metric, cost, png)
+    return front, pick
+
+
 def shown_overrides(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The table's `overrides`: only those that differ between the runs (what a sweep varied); CSV keeps all."""
-    tokens = [set(str(r.get("overrides") or "").split()) for r in runs]
-    common = set.intersection(*tokens) if len(runs) > 1 else set()
+    tokens = [set(str(r["overrides"]).split()) for r in runs if r.get("overrides")]  # unknown ones don't count
+    common = set.intersection(*tokens) if len(tokens) > 1 else set()
     shown = []
     for run in runs:
         kept = [o for o in str(run.get("overrides") or "").split() if o not in common]
@@ -197,12 +206,9 @@ def compare(args: argparse.Namespace) -> None:
     if args.pareto:
         metric_key, _, cost_key = args.pareto.partition(":")
         metric, cost = check_key(metric_key, runs, "metric"), check_key(cost_key or "latency_ms_p50", runs, "cost")
-        completed = [r for r in runs if r["status"] == "completed"]
-        front = pareto_front(completed, metric, cost)
-        pick = cheapest_good_enough(completed, metric, cost, args.tolerance)
-        marked = {r["run_dir"] for r in front}
         png = Path(args.png or "pareto.png")
-        plot_pareto(completed, front, pick, metric, cost, png)
+        front, pick = pareto(runs, metric, cost, args.tolerance, png)
+        marked = {r["run_dir"] for r in front}
     if args.csv:
         Path(args.csv).write_text(to_csv(runs))
     if args.markdown:

@@ -7,6 +7,7 @@ import logging
 import netrc
 import os
 import sys
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -29,25 +30,28 @@ def wandb_key_configured() -> bool:
 
 @functools.cache
 def check_mlflow_server(uri: str, setting: str = "logger.mlflow.tracking_uri") -> None:
-    """An MLflow server that does not answer fails now, in a second: MLflow's own client retries for minutes."""
+    """A tracking URI where nothing answers fails now, within 5 s: MLflow's own client retries for minutes.
+    Any HTTP answer (even 401 from an auth proxy, or 404 where a host has no /health) counts as a server."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
-            status = response.status
-    except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
-        status, reason = None, getattr(err, "reason", err)
-    else:
-        reason = f"/health answered HTTP {status}"
-    if status != 200:
-        raise ConfigError(
-            f"{setting}={uri}: no MLflow server answers there ({reason}); start one (mlflow server "
-            f"--backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the URI"
-        )
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as err:  # URLError, refused connections and timeouts are OSErrors
+        reason = getattr(err, "reason", err)
+    raise ConfigError(
+        f"{setting}={uri}: no MLflow server answers there ({reason}); start one (mlflow server "
+        f"--backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the URI"
+    )
 
 
 def check_tracking(cfg: DictConfig) -> None:
-    uri = str(OmegaConf.select(cfg, "logger.mlflow.tracking_uri", default="") or "")
+    if OmegaConf.select(cfg, "logger.mlflow") is None:
+        return
+    configured = OmegaConf.select(cfg, "logger.mlflow.tracking_uri", default=None)
+    uri = str(configured or os.environ.get("MLFLOW_TRACKING_URI") or "")
     if uri.startswith(("http://", "https://")):
-        check_mlflow_server(uri)
+        check_mlflow_server(uri, "logger.mlflow.tracking_uri" if configured else "MLFLOW_TRACKING_URI")
 
 
 def build_loggers(logger_cfg: DictConfig | None) -> list[Any]:
@@ -67,6 +71,8 @@ def log_final(loggers: list[Any], scores: dict[str, float], hparams: dict[str, A
     hyperparameters: W&B's run config, MLflow's params."""
     for logger in loggers:
         logger.log_hyperparams(hparams)
+        if type(logger).__name__ == "MLFlowLogger":  # params are cut at 250 characters; a tag keeps them whole
+            logger.experiment.set_tag(logger.run_id, "overrides", str(hparams.get("overrides", "")))
         logger.log_metrics(scores, step=step)
         logger.save()
 

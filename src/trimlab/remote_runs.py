@@ -35,20 +35,28 @@ def mlflow_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
     if uri.startswith(("http://", "https://")):
         check_mlflow_server(uri, "--mlflow")
     elif uri.startswith("file:"):
+        store = uri.removeprefix("file://").removeprefix("file:")
+        if not os.path.isdir(store):
+            raise TrimlabError(f"--mlflow {uri}: no MLflow file store at {store}; pass a run dir's mlruns/ folder")
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # trimlab's default: a file store in the run dir
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        names = sorted(e.name for e in client.search_experiments()) if found is None else []
+        runs = client.search_runs([found.experiment_id], max_results=10000) if found is not None else []
+    except MlflowException as err:
+        raise TrimlabError(f"MLflow at {uri} refused the query: {' '.join(str(err).split())[:300]}") from err
     if found is None:
-        names = sorted(e.name for e in client.search_experiments())
         raise TrimlabError(f"MLflow at {uri} has no experiment {experiment!r}; it has: {', '.join(names) or 'none'}")
-    runs = client.search_runs([found.experiment_id], max_results=10000)
     if not runs:
         raise TrimlabError(f"MLflow experiment {experiment!r} at {uri} has no runs")
     return [
         tracked_row(run.info.run_name or run.info.run_id, experiment, run.info.status,
-                    run.data.params.get("overrides", ""), run.data.metrics, f"{uri}#{run.info.run_id}")
+                    run.data.tags.get("overrides", run.data.params.get("overrides", "")), run.data.metrics,
+                    f"{uri}#{run.info.run_id}")
         for run in runs
     ]  # fmt: skip
 
@@ -71,7 +79,7 @@ def wandb_runs(path: str) -> list[dict[str, Any]]:
         raise TrimlabError(f"W&B could not list the runs of {path}: {' '.join(str(err).split())}") from err
     if not runs:
         raise TrimlabError(f"W&B project {path} has no runs")
-    return [wandb_row(run, path) for run in runs]
+    return [wandb_row(run, path) for run in runs if run.job_type != "sweep"]  # a sweep's own run holds no model
 
 
 def wandb_row(run: Any, path: str) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|(^|_)token)$", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(api_?key|access_?key|private_?key|secret|password|passwd|credentials?|(^|_)token)$",
+                        re.IGNORECASE)  # fmt: skip
 HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro"]
 
 

@@ -60,7 +60,8 @@ def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float | list[f
 def job_row(job_dir: Path) -> dict[str, Any] | None:
     """One job's row, read again only when its files changed: the summary is rebuilt after every job."""
     files = (job_dir / "summary.json", job_dir / ".hydra" / "overrides.yaml")
-    stamps = tuple(path.stat().st_mtime_ns if path.is_file() else None for path in files)
+    stats = [path.stat() if path.is_file() else None for path in files]  # a rewrite is a rename: a new inode
+    stamps = tuple((st.st_ino, st.st_mtime_ns, st.st_size) if st else None for st in stats)
     if stamps == (None, None):
         return None
     row = _read_row(job_dir, stamps)
@@ -69,6 +70,8 @@ def job_row(job_dir: Path) -> dict[str, Any] | None:
 
 @functools.lru_cache(maxsize=4096)
 def _read_row(job_dir: Path, stamps: tuple) -> dict[str, Any] | None:
+    from trimlab.report import redact_overrides
+
     summary_path, overrides_path = job_dir / "summary.json", job_dir / ".hydra" / "overrides.yaml"
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -82,7 +85,7 @@ def _read_row(job_dir: Path, stamps: tuple) -> dict[str, Any] | None:
         # SweepSummary.on_job_end); a resumed sweep runs that trial again.
         "status": "interrupted" if status == "running" or not summary else status,
         "error": summary.get("error") or ("" if summary else "killed before it wrote its summary"),
-        "overrides": " ".join(overrides),
+        "overrides": " ".join(redact_overrides(overrides)),
     }
     row.update({k: (summary.get("metrics") or {}).get(k) for k in METRICS})
     row.update({f"cost.{k}": (summary.get("cost") or {}).get(k) for k in COSTS})

@@ -7,6 +7,7 @@ sweep's group (`job_type: sweep`), so the group shows the front next to the tria
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -20,25 +21,28 @@ log = logging.getLogger(__name__)
 
 
 def axes(config: DictConfig) -> tuple[str, str]:
+    """The first objective metric where higher is better (not test/loss) and the first objective cost."""
     keys = objective_keys(config)
-    metric = next((k for k in keys if k in METRICS), "test/acc")
+    metric = next((k for k in keys if k in METRICS and k != "test/loss"), "test/acc")
     cost = next((k.removeprefix("cost.") for k in keys if k.startswith("cost.")), "latency_ms_p50")
     return metric, cost
 
 
-def write_pareto(config: DictConfig, sweep_dir: Path, tolerance_pt: float = 1.0) -> Path | None:
+def as_compare_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sweep-summary rows in trimlab-compare's shape (run, run_dir, cost keys without `cost.`)."""
+    return [{"run": r["job"], **{k.removeprefix("cost."): v for k, v in r.items() if v is not None}} for r in rows]
+
+
+def write_pareto(config: DictConfig, sweep_dir: Path, rows: list[dict[str, Any]], tolerance_pt: float = 1.0):
     """pareto.png in the sweep dir; None when fewer than two jobs completed."""
     from trimlab import compare
 
-    runs = [r for r in compare.load_runs([sweep_dir]) if r["status"] == "completed"]
     metric, cost = axes(config)
-    runs = [r for r in runs if r.get(metric) is not None and r.get(cost) is not None]
+    runs = [r for r in as_compare_rows(rows) if r["status"] == "completed" and metric in r and cost in r]
     if len(runs) < 2:
         return None
-    front = compare.pareto_front(runs, metric, cost)
-    pick = compare.cheapest_good_enough(runs, metric, cost, tolerance_pt)
     png = sweep_dir / "pareto.png"
-    compare.plot_pareto(runs, front, pick, metric, cost, png)
+    _, pick = compare.pareto(runs, metric, cost, tolerance_pt, png)
     if pick is not None:
         print(f"sweep: cheapest run within {tolerance_pt} pt of the best {metric}: {pick['run']} "
               f"({metric} {pick[metric]:.4f}, {cost} {compare.fmt(pick[cost])}); plot: {png}", flush=True)  # fmt: skip
@@ -55,9 +59,12 @@ def log_to_wandb(config: DictConfig, sweep_dir: Path, png: Path | None, rows: li
     from trimlab.loggers import wandb_key_configured
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_key_configured() else "offline")
+    # One W&B run per sweep dir: a resumed sweep updates it rather than adding another.
+    run_id = "sweep-" + hashlib.sha256(str(sweep_dir.absolute()).encode()).hexdigest()[:12]
     run = wandb.init(
-        project=settings.get("project"), entity=settings.get("entity"), group=sweep_dir.name, job_type="sweep",
-        name=f"{sweep_dir.name}-sweep", tags=list(settings.get("tags") or []), dir=str(sweep_dir), mode=mode,
+        project=settings.get("project"), entity=settings.get("entity"), group=settings.get("group") or sweep_dir.name,
+        job_type="sweep", id=run_id, resume="allow", name=f"{sweep_dir.name}-sweep",
+        tags=list(settings.get("tags") or []), dir=str(sweep_dir), mode=mode,
         config={"sweep_dir": str(sweep_dir), "optimized_metric": objective_keys(config)},
     )  # fmt: skip
     columns = list(rows[0]) if rows else ["job"]
@@ -72,8 +79,12 @@ def log_to_wandb(config: DictConfig, sweep_dir: Path, png: Path | None, rows: li
 
 def report(config: DictConfig, sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Never fails the sweep: its jobs' results are already on disk."""
+    png = None
     try:
-        png = write_pareto(config, sweep_dir)
+        png = write_pareto(config, sweep_dir, rows)
+    except Exception as err:  # noqa: BLE001 - a plot that fails is logged, not fatal
+        log.warning("sweep Pareto plot not written (%s: %s)", type(err).__name__, err)
+    try:
         log_to_wandb(config, sweep_dir, png, rows)
-    except Exception as err:  # noqa: BLE001 - a plot or an upload that fails is logged, not fatal
-        log.warning("sweep report incomplete (%s: %s)", type(err).__name__, err)
+    except Exception as err:  # noqa: BLE001 - nor is an upload that fails
+        log.warning("sweep not logged to W&B (%s: %s)", type(err).__name__, err)
