@@ -81,3 +81,25 @@ def test_api_key_never_lands_in_the_run_dir(tmp_path, monkeypatch):
     assert train(cfg, run_dir, "key00000")["status"] == "completed"
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def test_a_wandb_run_id_still_held_by_a_killed_process_is_waited_for(monkeypatch):
+    from trimlab import loggers
+
+    monkeypatch.setattr(loggers.time, "sleep", lambda s: None)
+
+    class Logger:
+        version, calls = "abcd1234", 0
+
+        @property
+        def experiment(self):
+            self.calls += 1
+            if self.calls < 3:
+                raise RuntimeError("run ID abcd1234 is in use")
+            return "run"
+
+    held = Logger()
+    loggers.start_wandb(held)
+    assert held.calls == 3
+    with pytest.raises(RuntimeError, match="is in use"):
+        loggers.start_wandb(Logger(), wait_s=1)  # still held after the wait: the error, not a hang

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,8 @@ def _saved_run_id(run_dir: Path) -> str:
 def launch(hydra_app: Callable[[], None], config_name: str) -> None:
     """An entry point: check the command line, then hand it to the Hydra app."""
     rundir.register_resolvers()
+    # conf/hydra/sweeper/basic.yaml stands in for Hydra's `basic` on purpose; Hydra warns that the names match.
+    warnings.filterwarnings("ignore", message=r"(?s).*'hydra/sweeper/basic' is validated against ConfigStore")
     sys.argv = [sys.argv[0], *preflight(sys.argv[1:], config_name)]
     hydra_app()
 

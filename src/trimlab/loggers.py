@@ -7,6 +7,7 @@ import logging
 import netrc
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -63,7 +64,26 @@ def build_loggers(logger_cfg: DictConfig | None) -> list[Any]:
     mlflow_uri = str((logger_cfg.get("mlflow") or {}).get("tracking_uri", ""))
     if mlflow_uri.startswith("file:"):  # a file store in the run dir is the point: opt out of MLflow's refusal
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return [instantiate(conf) for conf in logger_cfg.values() if conf is not None and "_target_" in conf]
+    loggers = [instantiate(conf) for conf in logger_cfg.values() if conf is not None and "_target_" in conf]
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            start_wandb(logger)
+    return loggers
+
+
+def start_wandb(logger: Any, wait_s: int = 30) -> None:
+    """Start the W&B run now, waiting while its id is still held: a run resumed right after a kill finds the killed
+    process's W&B service closing that id for a second or two."""
+    for waited in range(wait_s + 1):
+        try:
+            logger.experiment  # noqa: B018 - the property calls wandb.init
+            return
+        except Exception as err:
+            if "is in use" not in str(err) or waited == wait_s:
+                raise
+            if waited == 0:
+                log.info("W&B: run id %s still held by a stopped process; waiting for it", logger.version)
+            time.sleep(1)
 
 
 def log_final(loggers: list[Any], scores: dict[str, float], hparams: dict[str, Any], step: int) -> None:
