@@ -34,9 +34,18 @@ def compose_train(*overrides: str, output_dir: Path) -> object:
         return compose("train", overrides=[*FAST, f"paths.output_dir={output_dir}", *overrides])
 
 
+def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
+    """A command's environment as in a user's shell: offline W&B, outputs under `cwd`, and no WANDB_SERVICE.
+    (Tests that used W&B in this process set WANDB_SERVICE; children would share that W&B service, which keeps
+    a killed child's run id held.)"""
+    env = {**os.environ, "WANDB_MODE": "offline", "TRIMLAB_OUTPUT": str(cwd / "outputs"), **extra}
+    for name in ("HYDRA_FULL_ERROR", "WANDB_SERVICE"):
+        env.pop(name, None)
+    return env
+
+
 def run_cli(*args: str, cwd: Path, script: str = "trimlab-train", env: dict | None = None, timeout: int = 300):
-    full_env = {**os.environ, "WANDB_MODE": "offline", "TRIMLAB_OUTPUT": str(cwd / "outputs"), **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env = cli_env(cwd, **(env or {}))
     return subprocess.run(
         [str(BIN / script), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )

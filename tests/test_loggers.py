@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_train
+from trimlab.errors import TrimlabError
 from trimlab.pipeline import train
 
 
@@ -101,5 +102,5 @@ def test_a_wandb_run_id_still_held_by_a_killed_process_is_waited_for(monkeypatch
     held = Logger()
     loggers.start_wandb(held)
     assert held.calls == 3
-    with pytest.raises(RuntimeError, match="is in use"):
-        loggers.start_wandb(Logger(), wait_s=1)  # still held after the wait: the error, not a hang
+    with pytest.raises(TrimlabError, match="W&B run id abcd1234 is still held"):
+        loggers.start_wandb(Logger(), wait_s=1)  # still held after the wait: a clear error, not a hang

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, FAST, compose_train, run_cli
+from conftest import BIN, FAST, cli_env, compose_train, run_cli
 from trimlab.pipeline import train
 
 HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro", "test/loss"]
@@ -30,7 +29,7 @@ def test_same_command_twice_gives_identical_metrics(tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     args = [*FAST, "trainer.max_epochs=5", "data.batch_size=8", "callbacks.early_stopping=null", "logger=wandb"]
-    env = {**os.environ, "WANDB_MODE": "offline", "TRIMLAB_OUTPUT": str(tmp_path / "outputs")}
+    env = cli_env(tmp_path)
     process = subprocess.Popen(
         [str(BIN / "trimlab-train"), *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import BIN, FAST, assert_clear_error, run_cli
+from conftest import BIN, FAST, assert_clear_error, cli_env, run_cli
 
 TINY = ["trainer.max_epochs=1", *FAST[1:], "model.widths=[8,16]", "cost.latency_repeats=2"]
 
@@ -51,7 +51,7 @@ def test_optuna_sweep_completes_and_records_a_failed_trial(tmp_path):
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     command = [str(BIN / "trimlab-train"), "hparams_search=random", "hydra.sweeper.n_trials=5",
                "hydra.sweeper.study_name=s2", *TINY]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline", "TRIMLAB_OUTPUT": str(tmp_path / "outputs")}
+    env = cli_env(tmp_path)
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 300

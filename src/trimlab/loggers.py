@@ -15,7 +15,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trimlab.errors import ConfigError
+from trimlab.errors import ConfigError, TrimlabError
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,14 @@ def start_wandb(logger: Any, wait_s: int = 30) -> None:
             logger.experiment  # noqa: B018 - the property calls wandb.init
             return
         except Exception as err:
-            if "is in use" not in str(err) or waited == wait_s:
+            if "is in use" not in str(err):
                 raise
+            if waited == wait_s:
+                raise TrimlabError(
+                    f"W&B run id {logger.version} is still held by another process's W&B service "
+                    f"(WANDB_SERVICE={os.environ.get('WANDB_SERVICE', 'unset')}); stop that process or unset "
+                    "WANDB_SERVICE, then resume again"
+                ) from err
             if waited == 0:
                 log.info("W&B: run id %s still held by a stopped process; waiting for it", logger.version)
             time.sleep(1)

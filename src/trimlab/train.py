@@ -89,7 +89,8 @@ def run_job_in_fresh_process(run_dir: Path) -> None:
         f"hydra.run.dir={run_dir.absolute()}", "hydra.output_subdir=null",
     ]  # fmt: skip
     log.info("running %s as a fresh process (multi-process job inside a sweep)", run_dir)
-    code = subprocess.run(command, check=False).returncode
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # its own W&B service, as from a shell
+    code = subprocess.run(command, check=False, env=env).returncode
     if code != 0:
         raise TrimlabError(f"job process exited with {code}; see {run_dir / 'summary.json'} and its log")
 
