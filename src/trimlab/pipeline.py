@@ -187,9 +187,17 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         if writer and not resumed_before_start:
             report.write_json(summary_path, summary)
         run_loggers.finish(loggers, summary["status"])
+        leave_process_group()
     report.print_table(summary)
     print(summary["run_dir"], flush=True)
     return summary
+
+
+def leave_process_group() -> None:
+    """Each rank leaves the process group itself: left to interpreter exit, a rank can abort in gloo's teardown
+    ("terminate called without an active exception"), and Lightning then kills the rank still writing the run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def apply_compression(summary: dict, cfg: DictConfig, stages: list, model, datamodule, run_dir: Path, task) -> tuple:
