@@ -34,3 +34,11 @@ def fail(message: str, code: int = 1) -> None:
     """Print one line on stderr and exit non-zero."""
     print(f"trimlab: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+class Interrupted(TrimlabError):
+    """The run stopped on a signal; its summary says `interrupted` and the exit code is 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

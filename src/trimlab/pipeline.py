@@ -14,18 +14,18 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trimlab import compression, report, rundir, semi, transfer
+from trimlab import compression, guards, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
 from trimlab.cli import validate_config
 from trimlab.cost import RunClock, measure, peak_memory_mb
+from trimlab.csv_logger import CSVLogger
 from trimlab.data.base import ClassificationDataModule
-from trimlab.errors import ConfigError, TrimlabError
+from trimlab.errors import ConfigError, Interrupted, TrimlabError
+from trimlab.factory import build, make, make_backbone
 from trimlab.task import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -37,62 +37,15 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def make(node: DictConfig, **kwargs: Any) -> Any:
-    """`instantiate`, but a trimlab error raised by the target reaches the user as itself, not wrapped."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, TrimlabError):
-            raise err.__cause__ from None
-        raise
-
-
-def make_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, compile: bool = False) -> torch.nn.Module:
-    """The backbone from `cfg.model`, sized by the data; `model.compile` is trimlab's key, not the class's."""
-    node = OmegaConf.to_container(cfg.model, resolve=True)
-    wants_compile = bool(node.pop("compile", False))
-    node.pop("pretrained", None)  # trimlab's key: weights loaded by `train` (transfer.load_pretrained)
-    try:
-        backbone = make(
-            OmegaConf.create(node),
-            input_shape=list(datamodule.input_shape),
-            num_classes=datamodule.num_classes,
-            **datamodule.model_kwargs,
-        )
-    except InstantiationException as err:
-        if not isinstance(err.__cause__, TypeError):  # a model for another modality: arguments do not fit
-            raise
-        raise ConfigError(
-            f"model {node['_target_']} does not fit data {type(datamodule).__name__} ({err.__cause__}); pick a "
-            "model for this modality (vision: cnn, resnet; text: transformer, hf_encoder; speech: speech_cnn, "
-            "speech_resnet)"
-        ) from err
-    if compile and wants_compile:
-        backbone.compile()  # in place: state_dict keys stay the same, checkpoints load into an eager model
-    return backbone
-
-
-def build(
-    cfg: DictConfig, compile: bool = False, artifacts_from: Path | None = None
-) -> tuple[ClassificationDataModule, ClassificationTask]:
-    """DataModule first: the backbone's input shape and class count come from it. `artifacts_from`: a finished
-    run dir whose saved data artifacts (a tokenizer) are reused rather than rebuilt."""
-    datamodule: ClassificationDataModule = make(cfg.data)
-    datamodule.artifacts_from = artifacts_from
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    backbone = make_backbone(cfg, datamodule, compile)
-    task = make(cfg.task, backbone=backbone, num_classes=datamodule.num_classes, class_names=datamodule.class_names)
-    return datamodule, task
-
-
 def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    configured = (cfg.get("callbacks") or {}).items()
+    callbacks = [make(c, f"callbacks.{name}") for name, c in configured if c is not None and "_target_" in c]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
-    return instantiate(cfg.trainer, callbacks=callbacks + extra_callbacks, logger=loggers or False)
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [guards.AtomicCheckpointIO()]}
+    return make(cfg.trainer, "trainer", callbacks=callbacks + extra_callbacks, logger=loggers or False, **plugins)
 
 
 def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str]) -> dict[str, Any]:
@@ -112,26 +65,36 @@ def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str
 
 
 def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    run_dir = Path(run_dir)
+    """Run it with SIGTERM/SIGINT caught: a stopped run is recorded `interrupted`, never left `running`."""
+    with guards.catch_signals():
+        return _train(cfg, Path(run_dir), run_id, overrides)
+
+
+def _train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | None) -> dict[str, Any]:
     rundir.set_run_id(run_id)  # `${run_id:}` in the config (W&B id, run name) resolves to this run's id
     summary_path = run_dir / "summary.json"
     summary: dict[str, Any] = {"status": "failed", "run_id": run_id, "run_dir": str(run_dir.absolute())}
     # A resume that fails before training starts (e.g. a checkpoint of another model) leaves the run's record as is.
-    started, writer, loggers = False, True, []
+    started, writer, loggers, trainer = False, True, [], None
     try:
         summary = new_summary(cfg, run_dir, run_id, overrides or [])
         validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
-        datamodule, task = build(cfg, compile=True, artifacts_from=run_dir if cfg.get("ckpt_path") else None)
+        datamodule, task = build(cfg, compile=True, artifacts_from=source_run_dir(cfg, run_dir))
         stages = compression.build_stages(cfg)
         for stage in stages:  # before any training: a stage that cannot apply fails now, not after the fit
             stage.check(datamodule, task.backbone)
-        if cfg.get("ckpt_path"):
-            check_matches(task, read_checkpoint(cfg.ckpt_path).get("state_dict", {}), str(cfg.ckpt_path))
+        resumed = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+        if resumed is not None:
+            summary["resumed_from"] = str(Path(cfg.ckpt_path).absolute())
+            check_matches(task, resumed.get("state_dict", {}), str(cfg.ckpt_path))
         elif cfg.model.get("pretrained"):
             summary["transfer"] = transfer.load_pretrained(task.backbone, cfg.model.pretrained, datamodule.facts())
         loggers = run_loggers.build_loggers(cfg.get("logger"))
+        for logger in loggers:  # a resumed run keeps the CSV rows logged up to its checkpoint
+            if resumed is not None and isinstance(logger, CSVLogger):
+                logger.keep_through_epoch = int(resumed.get("epoch", 0))
         clock = RunClock("val/acc")
         trainer = build_trainer(cfg, [clock, RNGState(), *finetune_callbacks(cfg)], loggers)
         writer = trainer.is_global_zero
@@ -179,8 +142,15 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
         hparams = {"run_id": run_id, "overrides": " ".join(summary["overrides"]), **summary["config"]}
         run_loggers.log_final(loggers, report.flat_scores(summary), hparams, trainer.global_step)
         run_loggers.log_images(loggers, {name: run_dir / f"{name}.png" for name in ("confusion_matrix", "roc")})
+    except guards.SignalReceived as received:
+        message = interrupted_message(received.name, trainer, run_dir)
+        summary.update(status="interrupted", signal=received.name, error=message)
+        raise Interrupted(message, received.exit_code) from None
     except BaseException as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        if guards.disk_full(err):
+            summary["error"] = disk_full_message(err, run_dir)
+            raise TrimlabError(summary["error"]) from err
         raise
     finally:
         resumed_before_start = not started and summary_path.exists() and cfg.get("ckpt_path")
@@ -191,6 +161,29 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
     report.print_table(summary)
     print(summary["run_dir"], flush=True)
     return summary
+
+
+def source_run_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Where a resumed run's data artifacts (a tokenizer) come from: the run its checkpoint belongs to."""
+    if not cfg.get("ckpt_path"):
+        return None
+    source = Path(cfg.ckpt_path).absolute().parents[1]
+    return source if (source / ".hydra").is_dir() else run_dir
+
+
+def interrupted_message(signal_name: str, trainer: pl.Trainer | None, run_dir: Path) -> str:
+    epoch, step = (trainer.current_epoch, trainer.global_step) if trainer is not None else (0, 0)
+    where = f"interrupted by {signal_name} at epoch {epoch}, step {step}"
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return f"{where}, before its first checkpoint; start the run again"
+    return f"{where}; resume with ckpt_path=last hydra.run.dir={run_dir.absolute()}"
+
+
+def disk_full_message(err: BaseException, run_dir: Path) -> str:
+    return (
+        f"no space left on device while writing {run_dir.absolute()}; the last good checkpoint is kept: free space "
+        f"(or move the run), then resume with ckpt_path=last hydra.run.dir={run_dir.absolute()}"
+    )
 
 
 def leave_process_group() -> None:

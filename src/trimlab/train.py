@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig
 
 from trimlab import rundir
 from trimlab.cli import config_dir, launch
-from trimlab.errors import TrimlabError, fail, full_errors
+from trimlab.errors import Interrupted, TrimlabError, fail, full_errors
 
 log = logging.getLogger("trimlab")
 failed_jobs: list[str] = []
@@ -39,6 +39,10 @@ def run(cfg: DictConfig) -> float | list[float] | None:
         # Ranks > 0 of a DDP run are this command re-run with the same run dir: the dir names the id.
         run_id = rundir.run_id_from_dir(run_dir) or rundir.current_run_id()
         return objective(cfg, train(cfg, run_dir, run_id, overrides=list(hydra_cfg.overrides.task)))
+    except Interrupted as err:  # a signal stops the whole command, a sweep included
+        if full_errors() or hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # in a sweep the sweeper records the trial interrupted and says how to resume the sweep
+        fail(str(err), code=err.exit_code)
     except Exception as err:
         sweep = hydra_cfg.mode == RunMode.MULTIRUN
         if full_errors() or not (sweep or isinstance(err, TrimlabError)):
