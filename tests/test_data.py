@@ -8,6 +8,7 @@ import torch
 
 from conftest import SHARED_DATA, write_idx
 from trimlab.data.base import EpochShuffleSampler, stratified_split
+from trimlab.data.speech import WavFolderDataModule
 from trimlab.data.text import AGNewsDataModule, SMSSpamDataModule, SST2DataModule, TextCSVDataModule
 from trimlab.data.transforms import normalize, random_shift, to_batch
 from trimlab.data.vision import DigitsDataModule, ImageFolderDataModule, MNISTDataModule, read_idx
@@ -204,3 +205,36 @@ def test_an_ag_news_label_that_is_no_class_number_is_refused(tmp_path):
     with pytest.raises(DataError, match="line 2 has label '0', not a class number 1-4"):
         AGNewsDataModule(root=str(tmp_path)).read()
 
+
+def class_tree(root, kind: str, counts: dict[str, int]):
+    """An image_folder or wav_folder DataModule over `root/<class>/` holding `counts[class]` files each."""
+    import soundfile as sf
+    from PIL import Image
+
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            if kind == "image":
+                Image.fromarray(np.full((4, 4, 3), index * 20, np.uint8)).save(root / name / f"{index}.png")
+            else:
+                sf.write(root / name / f"{index}.wav", np.full(800, 0.01 * index, np.float32), 8000)
+    if kind == "image":
+        return ImageFolderDataModule(folder=str(root), image_size=4)
+    return WavFolderDataModule(folder=str(root), sample_rate=8000, clip_seconds=0.1)
+
+
+@pytest.mark.parametrize("kind", ["image", "wav"])
+def test_an_empty_class_folder_is_named(tmp_path, kind):
+    datamodule = class_tree(tmp_path / "classes", kind, {"a": 10, "b": 0, "c": 10})
+    with pytest.raises(DataError) as err:
+        datamodule.setup()
+    assert f"class folder {tmp_path / 'classes' / 'b'} holds no" in str(err.value)
+    assert "add some or remove the folder" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["image", "wav"])
+def test_a_folder_with_one_class_is_refused(tmp_path, kind):
+    datamodule = class_tree(tmp_path / "classes", kind, {"only": 10})
+    with pytest.raises(DataError) as err:
+        datamodule.prepare_data()
+    assert "only one class folder (only)" in str(err.value) and "a classifier needs at least two" in str(err.value)

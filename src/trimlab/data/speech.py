@@ -28,6 +28,7 @@ from trimlab.data.base import (
     check_fraction,
     class_folders,
     fingerprint,
+    labelled_files,
     resolve_root,
     stratified_split,
     tensor_splits,
@@ -281,9 +282,7 @@ class WavFolderDataModule(SpeechDataModule):
 
     def load(self) -> dict[str, ArrayDataset]:
         base = self.wav_dir()
-        files = [(path, label) for label, name in enumerate(self.class_names) for path in wav_files(base / name)]
-        if not files:
-            raise DataError(f"no .wav files under {base.absolute()}; put them in one sub-folder per class")
+        files = labelled_files(base, self.class_names, wav_files, ".wav files")
         labels = np.array([label for _, label in files], dtype=np.int64)
         try:
             indices = stratified_split(labels, [self.val_fraction, self.test_fraction], self.split_seed)

@@ -15,6 +15,7 @@ from trimlab.data.base import (
     check_fraction,
     class_folders,
     fingerprint,
+    labelled_files,
     resolve_root,
     stratified_split,
     tensor_splits,
@@ -187,14 +188,8 @@ class ImageFolderDataModule(VisionDataModule):
 
     def load(self):
         base = self.image_dir()
-        files = [
-            (path, label)
-            for label, name in enumerate(self.class_names)
-            for path in sorted((base / name).rglob("*"))
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not files:
-            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base.absolute()}")
+        what = f"images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        files = labelled_files(base, self.class_names, image_files, what)
         channels = self.input_shape[0]
         batch = torch.cat([to_batch(read_image(path, channels)[None], self.input_shape) for path, _ in files])
         labels = np.array([label for _, label in files], dtype=np.int64)
@@ -202,6 +197,10 @@ class ImageFolderDataModule(VisionDataModule):
         self.data_fingerprint = fingerprint(batch, labels, extra=f"folder:{self.split_seed}")
         inputs = normalize(batch, self.mean, self.std)
         return tensor_splits(inputs, labels, indices, ["train", "val", "test"])
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_images(inputs: Path, channels: int) -> tuple[list[str], list[np.ndarray]]:
@@ -217,7 +216,7 @@ def read_images(inputs: Path, channels: int) -> tuple[list[str], list[np.ndarray
         if array.ndim == 2:
             array = array[None]
         return [f"{inputs.name}[{i}]" for i in range(len(array))], list(array)
-    files = sorted(p for p in inputs.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if inputs.is_dir() else [inputs]
+    files = image_files(inputs) if inputs.is_dir() else [inputs]
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {inputs}")
     return [str(p) for p in files], [read_image(p, channels) for p in files]
