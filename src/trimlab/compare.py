@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,24 @@ METRICS = ["test/acc", "test/f1_macro", "test/auroc_macro"]
 COSTS = ["params", "size_bytes", "latency_ms_p50", "throughput_samples_per_s", "train_time_s", "time_to_target_s",
          "price_usd"]  # fmt: skip
 HIGHER_IS_BETTER_COSTS = {"throughput_samples_per_s", "train_samples_per_s"}
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail before any work when `path` cannot be written. A probe file is made and removed where the file
+    would go: permission bits say nothing for root, nor on /proc or a read-only mount."""
+    if path.is_dir():
+        raise TrimlabError(f"{what} {path} is a directory; pass a file path")
+    anchor = path.absolute().parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=anchor, prefix=".probe."):
+            pass
+    except OSError as err:
+        raise TrimlabError(
+            f"cannot write {what} {path}: {anchor} is not a writable directory ({err.strerror}); "
+            "pass a path in a writable directory"
+        ) from err
 
 
 def find_summaries(paths: list[Path]) -> list[Path]:
