@@ -21,7 +21,7 @@ from trimlab.predict import predict
 DIGITS_SHAPES = "(N, 8, 8), (N, 8, 8, 1), (N, 1, 8, 8) or flat rows (N, 64)"
 
 
-def saved(tmp_path, array: np.ndarray):
+def saved(tmp_path: Path, array: np.ndarray) -> Path:
     path = tmp_path / "x.npy"
     np.save(path, array)
     return path

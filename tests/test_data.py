@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from conftest import SHARED_DATA, write_idx
 from trimlab.data.base import EpochShuffleSampler, stratified_split
 from trimlab.data.speech import WavFolderDataModule
-from trimlab.data.text import AGNewsDataModule, SMSSpamDataModule, SST2DataModule, TextCSVDataModule
+from trimlab.data.text import AGNewsDataModule, SMSSpamDataModule, SST2DataModule, TextCSVDataModule, TextDataModule
 from trimlab.data.transforms import normalize, random_shift, to_batch
 from trimlab.data.vision import DigitsDataModule, ImageFolderDataModule, MNISTDataModule, read_idx
 from trimlab.errors import ConfigError, DataError
@@ -167,7 +168,7 @@ def test_run_ids_are_fresh_per_job_and_pinned_within_one():
     assert rundir.run_id_from_dir("3_ab12cd34") == "ab12cd34"
 
 
-def unlabelled_row(root, dataset: str):
+def unlabelled_row(root: Path, dataset: str) -> tuple[TextDataModule, Path, int]:
     """A tiny file in `dataset`'s layout with one row whose label is empty: (datamodule, file, its line)."""
     if dataset == "text_csv":  # a quoted text over two lines and a blank line come before the bad row
         path = root / "t.csv"
@@ -206,7 +207,7 @@ def test_an_ag_news_label_that_is_no_class_number_is_refused(tmp_path):
         AGNewsDataModule(root=str(tmp_path)).read()
 
 
-def class_tree(root, kind: str, counts: dict[str, int]):
+def class_tree(root: Path, kind: str, counts: dict[str, int]) -> ImageFolderDataModule | WavFolderDataModule:
     """An image_folder or wav_folder DataModule over `root/<class>/` holding `counts[class]` files each."""
     import soundfile as sf
     from PIL import Image
