@@ -104,3 +104,45 @@ def test_the_table_shows_only_the_overrides_that_differ():
     assert [r["overrides"] for r in shown_overrides(runs)] == ["compression=none", "compression=prune"]
     assert runs[0]["overrides"] == "experiment=mnist compression=none seed=1"  # the CSV keeps them all
     assert shown_overrides(runs[:1])[0]["overrides"] == runs[0]["overrides"]
+
+
+def last_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trimlab: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("spec", ["test/acc", "test/acc:", ":latency_ms_p50"])
+def test_pareto_without_metric_and_cost_is_refused_and_writes_nothing(tmp_path, monkeypatch, capsys, spec):
+    write_run(tmp_path / "runs", "r", 0.9, 1.0)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "runs"), "--pareto", spec])
+    assert exit_info.value.code != 0
+    assert f"--pareto {spec} needs a metric and a cost: use --pareto METRIC:COST" in last_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--csv", "/proc/x.csv"], "cannot write --csv /proc/x.csv: /proc is not a writable directory"),
+        (["--markdown", "/proc/a/x.md"], "cannot write --markdown /proc/a/x.md: /proc is not a writable directory"),
+        (["--pareto", "test/acc:latency_ms_p50", "--png", "/proc/x.png"], "cannot write --png /proc/x.png"),
+        (["--csv", "."], "--csv . is a directory; pass a file path"),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_any_run_is_read(tmp_path, capsys, flags, message):
+    missing = tmp_path / "no_runs_here"  # read first, it would be this error instead
+    with pytest.raises(SystemExit):
+        main([str(missing), *flags])
+    assert message in last_error_line(capsys)
+
+
+@pytest.mark.slow
+def test_cli_compare_to_an_unwritable_csv(tmp_path):
+    from conftest import assert_clear_error, run_cli
+
+    write_run(tmp_path / "runs", "r", 0.9, 1.0)
+    result = run_cli(str(tmp_path / "runs"), "--csv", "/proc/x.csv", cwd=tmp_path, script="trimlab-compare")
+    assert_clear_error(result, "cannot write --csv /proc/x.csv")

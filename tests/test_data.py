@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 from conftest import SHARED_DATA, write_idx
 from trimlab.data.base import EpochShuffleSampler, stratified_split
+from trimlab.data.speech import WavFolderDataModule
+from trimlab.data.text import AGNewsDataModule, SMSSpamDataModule, SST2DataModule, TextCSVDataModule, TextDataModule
 from trimlab.data.transforms import normalize, random_shift, to_batch
 from trimlab.data.vision import DigitsDataModule, ImageFolderDataModule, MNISTDataModule, read_idx
 from trimlab.errors import ConfigError, DataError
@@ -163,3 +166,76 @@ def test_run_ids_are_fresh_per_job_and_pinned_within_one():
     assert rundir.current_run_id() != first
     assert rundir.run_id_from_dir("2026-01-02_03-04-05_ab12cd34") == "ab12cd34"
     assert rundir.run_id_from_dir("3_ab12cd34") == "ab12cd34"
+
+
+def unlabelled_row(root: Path, dataset: str) -> tuple[TextDataModule, Path, int]:
+    """A tiny file in `dataset`'s layout with one row whose label is empty: (datamodule, file, its line)."""
+    if dataset == "text_csv":  # a quoted text over two lines and a blank line come before the bad row
+        path = root / "t.csv"
+        path.write_text('text,label\n"two\nlines",pos\n\nbad film,  \ngood film,pos\n')
+        return TextCSVDataModule(file=str(path)), path, 5
+    layouts = {
+        "sst2": ("sst2/SST-2/train.tsv", "sentence\tlabel\ngood \t1\nbad \t\n", SST2DataModule, 3),
+        "sms_spam": ("sms_spam/SMSSpamCollection", "ham\thi there\n\tno label\n", SMSSpamDataModule, 2),
+        "ag_news": ("ag_news/ag_news_csv/test.csv", '"3","a","b"\n"","c","d"\n', AGNewsDataModule, 2),
+    }
+    relative, text, module, line = layouts[dataset]
+    path = root / relative
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    (path.parent / "classes.txt").write_text("World\nSports\nBusiness\nSci/Tech\n")
+    (path.parent / "dev.tsv").write_text("sentence\tlabel\nfine \t1\n")
+    return module(root=str(root)), path, line
+
+
+@pytest.mark.parametrize("dataset", ["text_csv", "sst2", "sms_spam", "ag_news"])
+def test_an_empty_label_names_the_file_and_the_line(tmp_path, dataset):
+    datamodule, path, line = unlabelled_row(tmp_path, dataset)
+    with pytest.raises(DataError) as err:
+        datamodule.prepare_data()
+    assert f"{path}: line {line} has an empty label (1 such rows)" in str(err.value)
+
+
+def test_an_ag_news_label_that_is_no_class_number_is_refused(tmp_path):
+    base = tmp_path / "ag_news" / "ag_news_csv"
+    base.mkdir(parents=True)
+    (base / "classes.txt").write_text("World\nSports\nBusiness\nSci/Tech\n")
+    (base / "test.csv").write_text('"3","a","b"\n"4","c","d"\n')
+    assert AGNewsDataModule(root=str(tmp_path)).read()["train"][1] == ["Business", "Sci/Tech"]
+    (base / "test.csv").write_text('"3","a","b"\n"0","c","d"\n')  # 0 once read as the last class
+    with pytest.raises(DataError, match="line 2 has label '0', not a class number 1-4"):
+        AGNewsDataModule(root=str(tmp_path)).read()
+
+
+def class_tree(root: Path, kind: str, counts: dict[str, int]) -> ImageFolderDataModule | WavFolderDataModule:
+    """An image_folder or wav_folder DataModule over `root/<class>/` holding `counts[class]` files each."""
+    import soundfile as sf
+    from PIL import Image
+
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            if kind == "image":
+                Image.fromarray(np.full((4, 4, 3), index * 20, np.uint8)).save(root / name / f"{index}.png")
+            else:
+                sf.write(root / name / f"{index}.wav", np.full(800, 0.01 * index, np.float32), 8000)
+    if kind == "image":
+        return ImageFolderDataModule(folder=str(root), image_size=4)
+    return WavFolderDataModule(folder=str(root), sample_rate=8000, clip_seconds=0.1)
+
+
+@pytest.mark.parametrize("kind", ["image", "wav"])
+def test_an_empty_class_folder_is_named(tmp_path, kind):
+    datamodule = class_tree(tmp_path / "classes", kind, {"a": 10, "b": 0, "c": 10})
+    with pytest.raises(DataError) as err:
+        datamodule.setup()
+    assert f"class folder {tmp_path / 'classes' / 'b'} holds no" in str(err.value)
+    assert "add some or remove the folder" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["image", "wav"])
+def test_a_folder_with_one_class_is_refused(tmp_path, kind):
+    datamodule = class_tree(tmp_path / "classes", kind, {"only": 10})
+    with pytest.raises(DataError) as err:
+        datamodule.prepare_data()
+    assert "only one class folder (only)" in str(err.value) and "a classifier needs at least two" in str(err.value)

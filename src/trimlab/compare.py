@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,24 @@ METRICS = ["test/acc", "test/f1_macro", "test/auroc_macro"]
 COSTS = ["params", "size_bytes", "latency_ms_p50", "throughput_samples_per_s", "train_time_s", "time_to_target_s",
          "price_usd"]  # fmt: skip
 HIGHER_IS_BETTER_COSTS = {"throughput_samples_per_s", "train_samples_per_s"}
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail before any work when `path` cannot be written. A probe file is made and removed where the file
+    would go: permission bits say nothing for root, nor on /proc or a read-only mount."""
+    if path.is_dir():
+        raise TrimlabError(f"{what} {path} is a directory; pass a file path")
+    anchor = path.absolute().parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=anchor, prefix=".probe."):
+            pass
+    except OSError as err:
+        raise TrimlabError(
+            f"cannot write {what} {path}: {anchor} is not a writable directory ({err.strerror}); "
+            "pass a path in a writable directory"
+        ) from err
 
 
 def find_summaries(paths: list[Path]) -> list[Path]:
@@ -162,6 +181,7 @@ def plot_pareto(runs: list[dict], front: list[dict], pick: dict | None, metric: 
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -197,22 +217,45 @@ def shown_overrides(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return shown
 
 
+def pareto_keys(spec: str) -> tuple[str, str]:
+    """`METRIC:COST`, both parts given: a plot against a cost the user did not choose answers another question."""
+    metric, _, cost = spec.partition(":")
+    if not metric.strip() or not cost.strip():
+        raise TrimlabError(
+            f"--pareto {spec} needs a metric and a cost: use --pareto METRIC:COST, e.g. test/acc:latency_ms_p50"
+        )
+    return metric.strip(), cost.strip()
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every file the command will write, checked before reading any run."""
+    if args.pareto:
+        pareto_keys(args.pareto)
+        check_writable(Path(args.png or "pareto.png"), "--png")
+    for flag in ("csv", "markdown"):
+        if getattr(args, flag):
+            check_writable(Path(getattr(args, flag)), f"--{flag}")
+
+
 def compare(args: argparse.Namespace) -> None:
+    from trimlab.report import write_text
+
+    check_outputs(args)
     runs = gather(args)
     if args.sort:
         key = check_key(args.sort, runs, "sort key")
         runs.sort(key=lambda r: (r.get(key) is None, r.get(key) or 0), reverse=args.descending)
     marked: set[str] = set()
     if args.pareto:
-        metric_key, _, cost_key = args.pareto.partition(":")
-        metric, cost = check_key(metric_key, runs, "metric"), check_key(cost_key or "latency_ms_p50", runs, "cost")
+        metric_key, cost_key = pareto_keys(args.pareto)
+        metric, cost = check_key(metric_key, runs, "metric"), check_key(cost_key, runs, "cost")
         png = Path(args.png or "pareto.png")
         front, pick = pareto(runs, metric, cost, args.tolerance, png)
         marked = {r["run_dir"] for r in front}
     if args.csv:
-        Path(args.csv).write_text(to_csv(runs))
+        write_text(Path(args.csv), to_csv(runs))
     if args.markdown:
-        Path(args.markdown).write_text(to_markdown(shown_overrides(runs)))
+        write_text(Path(args.markdown), to_markdown(shown_overrides(runs)))
     print_table(shown_overrides(runs), marked)
     if args.pareto:
         print(f"Pareto front ({metric} vs {cost}): {', '.join(r['run'] for r in front)}")

@@ -22,16 +22,20 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deplo
     from torch.utils.data import DataLoader
 
     from trimlab.checkpoints import load_weights
+    from trimlab.compare import check_writable
     from trimlab.cost import call
     from trimlab.evaluate import checkpoint_path, is_compressed, load_run
     from trimlab.pipeline import make_backbone
     from trimlab.report import write_text
 
+    output = output or run_dir / "predictions.csv"
+    check_writable(output, "output")  # before the model is loaded: a bad path should not cost a model load
     cfg, summary = load_run(run_dir)
     if summary.get("status") != "completed":
         raise TrimlabError(f"{run_dir} has no completed summary.json; predict from a finished run")
     datamodule = instantiate(cfg.data)
     datamodule.restore(run_dir, summary["data"])
+    names, dataset = datamodule.predict_dataset(inputs)  # bad inputs fail before the model is loaded
     class_names = datamodule.class_names
     if is_compressed(ckpt, summary):
         from trimlab.compression import artifact
@@ -42,7 +46,6 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deplo
         load_weights(task, checkpoint_path(run_dir, ckpt, summary))
         model = task.eval().backbone
 
-    names, dataset = datamodule.predict_dataset(inputs)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=datamodule.collate)
     with torch.inference_mode():
         probs = torch.cat([call(model, batch_inputs).float().softmax(-1) for batch_inputs, _ in loader])
@@ -53,7 +56,6 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deplo
     writer.writerow(["input", "class_index", "class_name", "probability"])
     for name, i, p in zip(names, index.tolist(), confidence.tolist(), strict=True):
         writer.writerow([name, i, class_names[i], f"{p:.6f}"])
-    output = output or run_dir / "predictions.csv"
     write_text(output, buffer.getvalue())
     return output
 

@@ -143,7 +143,26 @@ def class_folders(root: str | None, folder: str, dataset: str, what: str) -> tup
             f"no class folders found in {base.absolute()}; data.folder must hold one sub-folder of {what} per "
             "class (set data.folder=<dir>, relative to data.root or absolute)"
         )
+    if len(classes) == 1:
+        raise DataError(
+            f"only one class folder ({classes[0]}) in {base.absolute()}: a classifier needs at least two; "
+            f"add one sub-folder of {what} per class"
+        )
     return base, classes
+
+
+def labelled_files(
+    base: Path, classes: list[str], list_files: Callable[[Path], list[Path]], what: str
+) -> list[tuple[Path, int]]:
+    """Every file under each class folder with its class index. A class folder without files is an error
+    naming it: it would still be a class the model must output, one it never sees in training or test."""
+    files = []
+    for label, name in enumerate(classes):
+        found = list_files(base / name)
+        if not found:
+            raise DataError(f"class folder {(base / name).absolute()} holds no {what}; add some or remove the folder")
+        files += [(path, label) for path in found]
+    return files
 
 
 def fingerprint(*arrays: np.ndarray | torch.Tensor, extra: str = "") -> str:

@@ -28,6 +28,7 @@ from trimlab.data.base import (
     check_fraction,
     class_folders,
     fingerprint,
+    labelled_files,
     resolve_root,
     stratified_split,
     tensor_splits,
@@ -38,7 +39,7 @@ AUDIO_SUFFIXES = {".wav"}
 
 
 def read_wav(path: Path, sample_rate: int) -> np.ndarray:
-    """A mono float32 waveform at `sample_rate`; an unreadable or empty file is a `DataError` naming it."""
+    """A mono float32 waveform at `sample_rate`; an unreadable, empty or non-finite file is a `DataError`."""
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
@@ -46,6 +47,8 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
         raise DataError(f"cannot read audio file {path} ({message}); remove or replace it (a PCM .wav)") from err
     if wave.shape[0] == 0:
         raise DataError(f"audio file {path} holds no samples (empty); remove or replace it")
+    if not np.isfinite(wave).all():  # a float wav can hold NaN: every score of the clip would be NaN
+        raise DataError(f"audio file {path} holds NaN or infinite samples; remove or replace it")
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     return resample(wave, int(rate), int(sample_rate))
 
@@ -281,9 +284,7 @@ class WavFolderDataModule(SpeechDataModule):
 
     def load(self) -> dict[str, ArrayDataset]:
         base = self.wav_dir()
-        files = [(path, label) for label, name in enumerate(self.class_names) for path in wav_files(base / name)]
-        if not files:
-            raise DataError(f"no .wav files under {base.absolute()}; put them in one sub-folder per class")
+        files = labelled_files(base, self.class_names, wav_files, ".wav files")
         labels = np.array([label for _, label in files], dtype=np.int64)
         try:
             indices = stratified_split(labels, [self.val_fraction, self.test_fraction], self.split_seed)

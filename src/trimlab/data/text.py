@@ -8,7 +8,6 @@ to the backbone as keyword arguments.
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +22,11 @@ from trimlab.data.base import (
     resolve_root,
     stratified_split,
 )
+from trimlab.data.tables import checked_fields, class_numbers, read_numbered
 from trimlab.data.tokenizer import load_tokenizer, train_wordpiece
 from trimlab.errors import DataError
 
-csv.field_size_limit(sys.maxsize)
 Rows = tuple[list[str], list[str]]  # texts, labels as written in the file
-
-
-def read_table(path: Path, delimiter: str, quoting: int, header: bool) -> list[list[str]]:
-    """All rows of a CSV/TSV; a clear error for a missing or undecodable file."""
-    if not path.is_file():
-        raise DataError(f"text file not found: {path.absolute()}; set data.root (env TRIMLAB_DATA) or data.file")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a leading BOM is not part of a name
-            rows = [row for row in csv.reader(handle, delimiter=delimiter, quoting=quoting) if row]
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read {path} as UTF-8 {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from err
-    return rows[1:] if header else rows
 
 
 class TextDataModule(ClassificationDataModule):
@@ -217,8 +204,8 @@ class SST2DataModule(TextDataModule):
         names = {"0": "negative", "1": "positive"}
         out = {}
         for split, name in (("train", "train.tsv"), ("test", "dev.tsv")):
-            rows = read_table(base / name, "\t", csv.QUOTE_NONE, header=True)
-            out[split] = ([r[0].strip() for r in rows], [names.get(r[1].strip(), r[1]) for r in rows])
+            texts, labels = checked_fields(base / name, read_numbered(base / name, "\t", csv.QUOTE_NONE, True), 0, 1)
+            out[split] = ([text.strip() for text in texts], [names.get(label, label) for label in labels])
         return out
 
     def label_names(self, labels: list[str]) -> list[str]:
@@ -230,9 +217,11 @@ class AGNewsDataModule(TextDataModule):
 
     def read(self) -> dict[str, Rows]:
         base = self.data_dir("ag_news/ag_news_csv", "test.csv")
-        rows = read_table(base / "test.csv", ",", csv.QUOTE_MINIMAL, header=False)
+        rows = read_numbered(base / "test.csv", ",", csv.QUOTE_MINIMAL, header=False)
         self.names = [line.strip() for line in (base / "classes.txt").read_text().splitlines() if line.strip()]
-        return {"train": ([f"{r[1]}. {r[2]}" for r in rows], [self.names[int(r[0]) - 1] for r in rows])}
+        _, numbers = checked_fields(base / "test.csv", rows, 2, 0)
+        texts = [f"{row[1]}. {row[2]}" for _, row in rows]
+        return {"train": (texts, class_numbers(base / "test.csv", rows, numbers, self.names))}
 
     def label_names(self, labels: list[str]) -> list[str]:
         return list(self.names)
@@ -243,8 +232,8 @@ class SMSSpamDataModule(TextDataModule):
 
     def read(self) -> dict[str, Rows]:
         base = self.data_dir("sms_spam", "SMSSpamCollection")
-        rows = read_table(base / "SMSSpamCollection", "\t", csv.QUOTE_NONE, header=False)
-        return {"train": ([r[1] for r in rows], [r[0] for r in rows])}
+        rows = read_numbered(base / "SMSSpamCollection", "\t", csv.QUOTE_NONE, header=False)
+        return {"train": checked_fields(base / "SMSSpamCollection", rows, 1, 0)}
 
     def label_names(self, labels: list[str]) -> list[str]:
         return ["ham", "spam"]
@@ -274,21 +263,17 @@ class TextCSVDataModule(TextDataModule):
 
     def read_file(self, path: Path) -> Rows:
         delimiter = self.delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
-        rows = read_table(path, delimiter, csv.QUOTE_MINIMAL, header=False)
+        rows = read_numbered(path, delimiter, csv.QUOTE_MINIMAL, header=False)
         if not rows:
             raise DataError(f"{path} is empty")
-        header = [h.strip() for h in rows[0]]
+        header = [h.strip() for h in rows[0][1]]
         for role, column in (("text", self.text_column), ("label", self.label_column)):
             if column not in header:
                 raise DataError(
                     f"{path} has no {role} column {column!r}; its columns are {header}; "
                     f"set data.{role}_column=<one of them>"
                 )
-        text_at, label_at = header.index(self.text_column), header.index(self.label_column)
-        short = [number for number, row in enumerate(rows[1:], start=2) if len(row) <= max(text_at, label_at)]
-        if short:
-            raise DataError(f"{path}: row {short[0]} has fewer fields than the header ({len(short)} such rows)")
-        return [r[text_at] for r in rows[1:]], [r[label_at].strip() for r in rows[1:]]
+        return checked_fields(path, rows[1:], header.index(self.text_column), header.index(self.label_column))
 
     def read(self) -> dict[str, Rows]:
         out = {"train": self.read_file(self.path(self.file))}

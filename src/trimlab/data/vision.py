@@ -15,6 +15,7 @@ from trimlab.data.base import (
     check_fraction,
     class_folders,
     fingerprint,
+    labelled_files,
     resolve_root,
     stratified_split,
     tensor_splits,
@@ -46,8 +47,8 @@ class VisionDataModule(ClassificationDataModule):
         return normalize(to_batch(images01, self.input_shape), self.mean, self.std)
 
     def predict_dataset(self, path: Path) -> tuple[list[str], ArrayDataset]:
-        """Images from a file, a folder, or a .npy array (uint8 0–255 or float 0–1)."""
-        names, images = read_images(path, self.input_shape[0])
+        """Images from a file, a folder, or a .npy array of the run's image shape (uint8 0–255 or float 0–1)."""
+        names, images = read_images(path, self.input_shape)
         inputs = torch.cat([self.preprocess(image[None]) for image in images])
         return names, ArrayDataset(inputs, torch.full((len(names),), -1))
 
@@ -187,14 +188,8 @@ class ImageFolderDataModule(VisionDataModule):
 
     def load(self):
         base = self.image_dir()
-        files = [
-            (path, label)
-            for label, name in enumerate(self.class_names)
-            for path in sorted((base / name).rglob("*"))
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not files:
-            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base.absolute()}")
+        what = f"images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        files = labelled_files(base, self.class_names, image_files, what)
         channels = self.input_shape[0]
         batch = torch.cat([to_batch(read_image(path, channels)[None], self.input_shape) for path, _ in files])
         labels = np.array([label for _, label in files], dtype=np.int64)
@@ -204,20 +199,74 @@ class ImageFolderDataModule(VisionDataModule):
         return tensor_splits(inputs, labels, indices, ["train", "val", "test"])
 
 
-def read_images(inputs: Path, channels: int) -> tuple[list[str], list[np.ndarray]]:
-    """Names and images in [0, 1] (each (H, W) or (H, W, C))."""
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_images(inputs: Path, input_shape: tuple[int, ...]) -> tuple[list[str], list[np.ndarray]]:
+    """Names and images in [0, 1]: each (H, W), (H, W, C) or, from a .npy array, (C, H, W)."""
     if not inputs.exists():
         raise DataError(f"inputs {inputs} does not exist; pass an image file, a folder of images or a .npy file")
     if inputs.suffix == ".npy":
-        try:
-            array = np.load(inputs, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise DataError(f"cannot read {inputs} as a .npy array ({err})") from err
-        array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
-        if array.ndim == 2:
-            array = array[None]
-        return [f"{inputs.name}[{i}]" for i in range(len(array))], list(array)
-    files = sorted(p for p in inputs.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if inputs.is_dir() else [inputs]
+        images = read_npy(inputs, input_shape)
+        return [f"{inputs.name}[{i}]" for i in range(len(images))], list(images)
+    files = image_files(inputs) if inputs.is_dir() else [inputs]
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {inputs}")
-    return [str(p) for p in files], [read_image(p, channels) for p in files]
+    return [str(p) for p in files], [read_image(p, input_shape[0]) for p in files]
+
+
+def read_npy(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A .npy array of the run's images, scaled to [0, 1] (uint8 by 1/255). Unlike image files it is not resized:
+    an array of another shape (rows of another dataset, say) would still give an answer, a wrong one."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DataError(f"cannot read {path} as a .npy array ({err})") from err
+    if array.dtype.kind not in "uif":
+        raise DataError(f"{path} holds {array.dtype} values; pass an array of numbers (uint8 0-255 or float 0-1)")
+    array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    images = as_images(array, input_shape)
+    if images is None:
+        raise DataError(f"{path} holds an array shaped {array.shape}; {expected_shapes(input_shape)}")
+    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    if not finite.all():
+        raise DataError(
+            f"{path.name}[{int(np.argmin(finite))}] holds NaN or infinite values ({int((~finite).sum())} of "
+            f"{len(images)} images in {path}); pass finite values in [0, 1]"
+        )
+    return images
+
+
+def as_images(array: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray | None:
+    """`array` as (N, H, W) or (N, C, H, W) at the model's H×W, or None when it is not one of the accepted
+    shapes. Flat rows (N, H·W) are accepted for one channel only: with more, the channel order is a guess."""
+    channels, height, width = input_shape
+
+    def fits(k: int) -> bool:  # what to_batch converts to the model's channels
+        return k in (channels, 1) or (channels, k) == (1, 3)
+
+    if array.shape == (height, width):
+        return array[None]
+    if array.ndim == 2 and channels == 1 and array.shape[1] == height * width:
+        return array.reshape(-1, height, width)
+    if array.ndim == 3 and array.shape[1:] == (height, width):
+        return array
+    if array.ndim == 4 and array.shape[2:] == (height, width) and fits(array.shape[1]):
+        return array
+    if array.ndim == 4 and array.shape[1:3] == (height, width) and fits(array.shape[3]):
+        return array.transpose(0, 3, 1, 2)
+    return None
+
+
+def expected_shapes(input_shape: tuple[int, ...]) -> str:
+    channels, height, width = input_shape
+    shapes = f"(N, {height}, {width}), (N, {height}, {width}, {channels})"
+    if channels == 1:
+        shapes += f", (N, 1, {height}, {width}) or flat rows (N, {height * width})"
+    else:  # flat rows could hold the channels first or last
+        shapes += f" or (N, {channels}, {height}, {width}) (not flat rows: their channel order is unknown)"
+    return (
+        f"this run's model takes {height}x{width} images with {channels} channel(s): pass an array shaped {shapes}; "
+        "resize other images first, or pass image files (they are resized)"
+    )
