@@ -17,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import BIN, FAST, cli_env
+from trimlab.errors import TrimlabError
 
 TESTS = Path(__file__).resolve().parent
 SPACE = {"task.optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "task.optimizer.weight_decay": "interval(0.0, 0.1)"}
@@ -118,11 +119,23 @@ def lightning_exit(batch, initial_job_idx):
         sys.exit(1)
 
 
+class Interrupted(TrimlabError):
+    """As trimlab.errors.Interrupted: a run stopped by a signal, with exit code 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def interrupted_job(batch, initial_job_idx):
-    """A job that returned trimlab's Interrupted: Hydra keeps a job's exception as its failed return value."""
-    err = RuntimeError("interrupted by SIGTERM at epoch 0, step 3")
-    err.signal_name, err.exit_code = "SIGTERM", 143
+    """A job that raised Interrupted: Hydra keeps a job's exception as its failed return value."""
+    err = Interrupted("interrupted by SIGTERM at epoch 0, step 3", 143)
     return [SimpleNamespace(status=SimpleNamespace(name="FAILED"), _return_value=err)]
+
+
+def job_exit(batch, initial_job_idx):
+    """A job that ended the process itself, with the signal's exit code."""
+    raise SystemExit(143)
 
 
 def keyboard_interrupt(batch, initial_job_idx):
@@ -130,7 +143,8 @@ def keyboard_interrupt(batch, initial_job_idx):
 
 
 @pytest.mark.parametrize(("launch", "name", "code"), [
-    (keyboard_interrupt, "SIGINT", 130), (lightning_exit, "SIGINT", 130), (interrupted_job, "SIGTERM", 143)
+    (keyboard_interrupt, "SIGINT", 130), (lightning_exit, "SIGINT", 130), (interrupted_job, "SIGTERM", 143),
+    (job_exit, "SIGTERM", 143),
 ])  # fmt: skip
 def test_an_interrupted_trial_is_recorded_and_queued_to_run_again(tmp_path, capsys, launch, name, code):
     handler = signal.getsignal(signal.SIGINT)

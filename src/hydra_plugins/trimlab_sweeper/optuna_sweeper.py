@@ -69,6 +69,14 @@ def sampler(name: str, seed: int | None, space: dict[str, Any], multi_objective:
     raise ValueError(f"hydra.sweeper.sampler={name!r}: use tpe, random, grid or nsga2")
 
 
+def signal_name(exit_code: int) -> str:
+    """SIGINT for 130: a process stopped by signal N exits 128 + N."""
+    try:
+        return signal.Signals(exit_code - 128).name
+    except ValueError:
+        return f"signal {exit_code - 128}"
+
+
 class OptunaSweeper(Sweeper):
     def __init__(
         self,
@@ -182,14 +190,19 @@ class OptunaSweeper(Sweeper):
 
     def interruption(self, err: BaseException) -> tuple[str, int] | None:
         """(signal name, exit code) when `err` means a signal stops the sweep: trimlab's Interrupted from a job
-        (it has `signal_name`), a KeyboardInterrupt, or the SystemExit Lightning raises after catching one."""
-        name = getattr(err, "signal_name", None)
-        if name:
-            return str(name), int(getattr(err, "exit_code", 130))
-        if isinstance(err, KeyboardInterrupt) or isinstance(err, SystemExit) and self.received:
-            name = self.received or "SIGINT"
-            return name, 128 + signal.Signals[name].value
-        return None
+        (its exit_code is 128 + the signal), a job's SystemExit with such a code, a KeyboardInterrupt, or the
+        SystemExit(1) Lightning raises after catching a KeyboardInterrupt inside fit."""
+        from trimlab.errors import TrimlabError
+
+        code = getattr(err, "exit_code", None) if isinstance(err, TrimlabError) else None
+        if isinstance(err, SystemExit):
+            code = err.code if isinstance(err.code, int) and err.code > 128 else None
+        if isinstance(err, KeyboardInterrupt) or isinstance(err, SystemExit) and code is None and self.received:
+            code = 128 + signal.Signals[self.received or "SIGINT"].value
+        if not isinstance(code, int) or code <= 128:
+            return None
+        name = getattr(err, "signal_name", None) or signal_name(code)
+        return str(name), code
 
     def stop(self, study, sweep_dir: Path, pending: list[tuple[int, Any]], name: str, code: int) -> None:
         """Record the trials a signal cut short as interrupted (a job that had completed keeps its result), then
