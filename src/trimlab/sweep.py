@@ -27,6 +27,8 @@ COSTS = ("params", "nonzero_params", "size_bytes", "latency_ms_p50", "latency_ms
          "throughput_samples_per_s", "train_time_s", "time_to_target_s", "train_samples_per_s", "peak_mem_mb",
          "price_usd", "flops_per_sample")  # fmt: skip
 failed_in_sweep: list[str] = []
+# Job number -> run dir of the jobs this process started, so an interrupted sweep can mark the one cut short.
+started_jobs: dict[int, Path] = {}
 
 
 def objective_keys(cfg: DictConfig) -> list[str]:
@@ -99,7 +101,9 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = [row for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if (row := job_row(job))]
     rows.sort(key=lambda r: (int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 1 << 30, r["job"]))
     failed = sum(r["status"] == "failed" for r in rows)
-    write_json(sweep_dir / "sweep_summary.json", {"jobs": len(rows), "failed": failed, "rows": rows})
+    interrupted = sum(r["status"] == "interrupted" for r in rows)
+    summary = {"jobs": len(rows), "failed": failed, "interrupted": interrupted, "rows": rows}
+    write_json(sweep_dir / "sweep_summary.json", summary)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["job"])
     writer.writeheader()
@@ -108,8 +112,29 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def mark_interrupted(sweep_dir: Path, job_dir: Path, reason: str) -> dict[str, Any]:
+    """Record a job a signal cut short as interrupted (its summary may say running or failed) and rewrite the
+    sweep summary; a job that had completed keeps its record. Returns the job's summary."""
+    from trimlab.report import write_json
+
+    path = job_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        summary = {}
+    if summary.get("status") not in ("completed", "interrupted"):  # the job's own record of an interrupt stays
+        summary.update(status="interrupted", error=reason)
+        write_json(path, summary)
+    write_summary(sweep_dir)
+    return summary
+
+
 class SweepSummary(Callback):
     """Registered in train.yaml under hydra.callbacks; acts in multirun only."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if str(config.hydra.mode).endswith("MULTIRUN"):
+            started_jobs[int(config.hydra.job.num)] = Path(config.hydra.runtime.output_dir)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode is None or not str(config.hydra.mode).endswith("MULTIRUN"):
@@ -131,6 +156,8 @@ class SweepSummary(Callback):
         from trimlab.sweep_report import report
 
         report(config, sweep_dir, rows)  # pareto.png, and the sweep's own W&B run with logger=wandb
-        log.info("sweep finished: %d jobs, %d failed; summary: %s", len(rows), len(failed),
-                 sweep_dir / "sweep_summary.json")  # fmt: skip
-        print(f"sweep: {len(rows)} jobs, {len(failed)} failed; summary: {sweep_dir / 'sweep_summary.json'}", flush=True)
+        # Interrupted rows are records of trials cut short, not failures: a resumed sweep ran them again.
+        interrupted = sum(r["status"] == "interrupted" for r in rows)
+        counts = f"{len(rows)} jobs, {len(failed)} failed" + (f", {interrupted} interrupted" if interrupted else "")
+        log.info("sweep finished: %s; summary: %s", counts, sweep_dir / "sweep_summary.json")
+        print(f"sweep: {counts}; summary: {sweep_dir / 'sweep_summary.json'}", flush=True)

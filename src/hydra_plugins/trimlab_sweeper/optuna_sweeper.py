@@ -2,8 +2,11 @@
 
 Why not hydra-optuna-sweeper: it pins optuna 2.10 (whose SQLite storage breaks under SQLAlchemy 2) and aborts
 the whole sweep when one trial raises. Here:
-- the study lives in `<sweep dir>/optuna.db`; re-running the same command opens it again, marks trials a kill
-  interrupted as failed, and runs only the trials still missing (`n_trials` counts finished ones);
+- the study lives in `<sweep dir>/optuna.db`; re-running the same command opens it again and runs only the
+  trials still missing (`n_trials` counts finished ones), never one that repeats a completed trial (resume.py);
+- Ctrl-C (SIGINT) or SIGTERM records the running trial as interrupted (failed in optuna, `interrupted` in
+  sweep_summary) and exits 130 / 143 with one line saying how to resume; the re-run runs that configuration
+  again first (so does a kill, found on the re-run as a trial still marked running);
 - a job that fails (trimlab records it as failed in its summary) is told to optuna as a failed trial, and the
   sweep goes on;
 - one objective or several (`direction: [maximize, minimize]`): the job returns one value per direction.
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,8 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.trimlab_sweeper import resume
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,14 @@ def sampler(name: str, seed: int | None, space: dict[str, Any], multi_objective:
             raise ValueError("sampler=grid needs every parameter as choice(...)")
         return optuna.samplers.GridSampler(values, seed=seed)
     raise ValueError(f"hydra.sweeper.sampler={name!r}: use tpe, random, grid or nsga2")
+
+
+def signal_name(exit_code: int) -> str:
+    """SIGINT for 130: a process stopped by signal N exits 128 + N."""
+    try:
+        return signal.Signals(exit_code - 128).name
+    except ValueError:
+        return f"signal {exit_code - 128}"
 
 
 class OptunaSweeper(Sweeper):
@@ -101,25 +116,25 @@ class OptunaSweeper(Sweeper):
 
     def open_study(self, sweep_dir: Path, space: dict[str, Any]):
         import optuna
-        from optuna.trial import TrialState
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        multi = len(self.directions) > 1
         study = optuna.create_study(
             study_name=self.study_name, storage=f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}",
-            sampler=sampler(self.sampler_name, self.seed, space, len(self.directions) > 1),
-            directions=self.directions, load_if_exists=True,
+            sampler=sampler(self.sampler_name, self.seed, space, multi), directions=self.directions,
+            load_if_exists=True,
         )  # fmt: skip
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_system_attr(trial._trial_id, "interrupted", True)
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            log.warning("trial %d was interrupted by a kill: recorded as failed, run again", trial.number)
+        resume.mark_killed(study)
+        if study.trials:  # resumed: a sampler seeded as the first run would propose the same trials again
+            seed = resume.resumed_seed(self.seed, len(study.trials))
+            study.sampler = sampler(self.sampler_name, seed, space, multi)
         return study
 
     def finished(self, study) -> int:
         from optuna.trial import TrialState
 
         done = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-        return sum(1 for t in study.get_trials(deepcopy=False, states=done) if not t.system_attrs.get("interrupted"))
+        return sum(1 for t in study.get_trials(deepcopy=False, states=done) if resume.counted(t))
 
     def sweep(self, arguments: list[str]) -> None:
         space, fixed = self.split(arguments)
@@ -130,13 +145,91 @@ class OptunaSweeper(Sweeper):
         if self.finished(study):
             log.info("resuming study %s: %d of %d trials already finished", self.study_name, self.finished(study),
                      self.n_trials)  # fmt: skip
-        while (remaining := self.n_trials - self.finished(study)) > 0:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
-            batch = [fixed + [f"{key}={value}" for key, value in trial.params.items()] for trial in trials]
-            results = self.launcher.launch(batch, initial_job_idx=len(study.trials) - len(trials))
-            for trial, result in zip(trials, results, strict=True):
-                study.tell(trial, *self.outcome(result))
+        previous = self.catch_signals()
+        try:
+            self.run_trials(study, space, fixed, sweep_dir)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         self.report(study, sweep_dir)
+
+    def run_trials(self, study, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
+        """Ask, launch and tell until n_trials are finished; a signal records the trials it cut short and stops."""
+        pending: list[tuple[int, Any]] = []  # (job number, trial) of the trials launched and not yet told
+        try:
+            while (remaining := self.n_trials - self.finished(study)) > 0:
+                trials = [t for _ in range(min(self.n_jobs, remaining)) if (t := resume.ask_new(study, space))]
+                if not trials:
+                    return
+                # Job numbers follow trial numbers, so run dir `3_<id>` is trial 3.
+                pending = list(enumerate(trials, start=trials[0].number))
+                batch = [fixed + [f"{key}={value}" for key, value in trial.params.items()] for trial in trials]
+                for result in self.launcher.launch(batch, initial_job_idx=trials[0].number):
+                    if result.status.name == "FAILED" and self.interruption(result._return_value):
+                        raise result._return_value
+                    resume.tell(study, pending.pop(0)[1], *self.outcome(result))
+        except BaseException as err:
+            stop = self.interruption(err)
+            if stop is None:
+                raise
+            self.stop(study, sweep_dir, pending, *stop)
+
+    def catch_signals(self) -> dict[int, Any]:
+        """While trials run, SIGINT and SIGTERM raise KeyboardInterrupt and the signal's name is kept: Lightning
+        turns a KeyboardInterrupt inside fit into sys.exit(1), and the exit code must still say which it was."""
+        self.received: str | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.received = signal.Signals(signum).name
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the bookkeeping short
+            raise KeyboardInterrupt
+
+        return {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def interruption(self, err: BaseException) -> tuple[str, int] | None:
+        """(signal name, exit code) when `err` means a signal stops the sweep: trimlab's Interrupted from a job
+        (its exit_code is 128 + the signal), a job's SystemExit with such a code, a KeyboardInterrupt, or the
+        SystemExit(1) Lightning raises after catching a KeyboardInterrupt inside fit."""
+        from trimlab.errors import TrimlabError
+
+        code = getattr(err, "exit_code", None) if isinstance(err, TrimlabError) else None
+        if isinstance(err, SystemExit):
+            code = err.code if isinstance(err.code, int) and err.code > 128 else None
+        if isinstance(err, KeyboardInterrupt) or isinstance(err, SystemExit) and code is None and self.received:
+            code = 128 + signal.Signals[self.received or "SIGINT"].value
+        if not isinstance(code, int) or code <= 128:
+            return None
+        name = getattr(err, "signal_name", None) or signal_name(code)
+        return str(name), code
+
+    def stop(self, study, sweep_dir: Path, pending: list[tuple[int, Any]], name: str, code: int) -> None:
+        """Record the trials a signal cut short as interrupted (a job that had completed keeps its result), then
+        exit with one line saying how to resume."""
+        from optuna.trial import TrialState
+
+        from trimlab.errors import fail
+        from trimlab.sweep import mark_interrupted, objective, started_jobs
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the bookkeeping short
+        reason = f"interrupted by {name}"
+        cut = []
+        for job, trial in pending:
+            job_dir = started_jobs.get(job)
+            summary = mark_interrupted(sweep_dir, job_dir, reason) if job_dir else {}
+            if summary.get("status") == "completed":
+                values = objective(self.config, summary)
+                resume.tell(study, trial, values, TrialState.COMPLETE if values is not None else TrialState.FAIL)
+                continue
+            resume.mark_interrupted(study, trial._trial_id, trial.number, trial.params, reason)
+            cut.append(f"trial {trial.number}" + (f" ({job_dir})" if job_dir else ""))
+        self.report(study, sweep_dir)
+        where = f" in {', '.join(cut)}" if cut else " between trials"
+        again = ", the interrupted trial's configuration runs again" if cut else ""
+        fail(f"sweep {reason}{where}; resume it by running the same command again: finished trials are kept{again}",
+             code=code)  # fmt: skip
 
     def outcome(self, result: Any) -> tuple[Any, Any]:
         """(values, state): a failed job, or one that returned no usable value, is a failed trial."""

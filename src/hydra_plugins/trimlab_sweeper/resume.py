@@ -1,0 +1,82 @@
+"""What a re-run of a sweep does with the study it finds in `optuna.db`.
+
+- An interrupted trial (Ctrl-C, SIGTERM, a kill) is recorded as failed with the reason in its system attrs
+  (`interrupted`) and its configuration is queued to run once more, first: an interruption says nothing about
+  the configuration, so it is neither skipped nor counted as finished.
+- The sampler of a resumed study is seeded from (seed, trials already in the study): with the seed alone a
+  re-run replays the sampler's sequence from the start and re-runs the configurations already tried.
+- A proposal that repeats a completed trial is not run: it is recorded as failed (`duplicate_of`), not counted,
+  and the sampler asked again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+ASKS_PER_TRIAL = 20  # proposals tried before a search space with nothing new left is given up on
+
+
+def resumed_seed(seed: int | None, trials_so_far: int) -> int | None:
+    """A fresh sweep keeps `seed` (reproducible); a resumed one continues with a seed of its own."""
+    if seed is None or trials_so_far == 0:
+        return seed
+    return seed + 1_000_003 * trials_so_far
+
+
+def params_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def tell(study, trial, values: Any = None, state: Any = None) -> None:
+    """study.tell, where the grid sampler's `study.stop()` after the last grid point (which optuna allows only
+    inside study.optimize) does not end the sweep: the trial is already stored."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
+
+
+def mark_interrupted(study, trial_id: int, number: int, params: dict[str, Any], reason: str) -> None:
+    """Record a trial cut short as failed (with why) and queue its configuration to run again."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_system_attr(trial_id, "interrupted", reason)
+    study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    if params:
+        study.enqueue_trial(params, user_attrs={"retry_of": number})
+    log.warning("trial %d was interrupted (%s): recorded as failed, its configuration runs again", number, reason)
+
+
+def mark_killed(study) -> None:
+    """Trials a kill left running (nothing recorded their end) are interrupted ones."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        mark_interrupted(study, trial._trial_id, trial.number, trial.params, "killed")
+
+
+def counted(trial) -> bool:
+    """Whether a finished trial counts towards n_trials: not an interrupted one, nor a skipped duplicate."""
+    return not (trial.system_attrs.get("interrupted") or "duplicate_of" in trial.system_attrs)
+
+
+def ask_new(study, space: dict[str, Any]):
+    """A trial whose configuration no completed trial had; None when the sampler keeps proposing only those."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    completed = {params_key(t.params): t.number for t in done}
+    for _ in range(ASKS_PER_TRIAL):
+        trial = study.ask(space)
+        twin = completed.get(params_key(trial.params))
+        if twin is None:
+            return trial
+        study._storage.set_trial_system_attr(trial._trial_id, "duplicate_of", twin)
+        tell(study, trial, state=TrialState.FAIL)
+        log.info("trial %d repeats completed trial %d: not run", trial.number, twin)
+    log.warning("the sampler proposed only configurations already completed (%d tries): the search space "
+                "looks exhausted, the sweep stops here", ASKS_PER_TRIAL)  # fmt: skip
+    return None
