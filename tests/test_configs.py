@@ -52,6 +52,9 @@ def test_every_option_composes_and_validates(group, option, tmp_path):
     if option == "fsdp" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="model_parallel"):
             validate_config(cfg)
+    elif option == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="needs a CUDA GPU and none is visible"):
+            validate_config(cfg)
     else:
         validate_config(cfg)
 

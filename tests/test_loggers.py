@@ -50,7 +50,7 @@ def test_many_loggers_receive_the_summary_keys(tmp_path, monkeypatch):
 
 
 def test_secrets_never_reach_the_saved_config(tmp_path):
-    from trimlab.report import redact
+    from trimlab.redaction import redact
 
     config = {"logger": {"wandb": {"api_key": "sk-123", "project": "p"}}, "token": "t", "empty_token": None}
     clean = redact(config)

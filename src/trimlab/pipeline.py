@@ -20,12 +20,13 @@ from omegaconf.errors import OmegaConfBaseException
 from trimlab import compression, guards, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
-from trimlab.cli import validate_config
+from trimlab.checks import validate_config
 from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.csv_logger import CSVLogger
 from trimlab.data.base import ClassificationDataModule
 from trimlab.errors import ConfigError, Interrupted, TrimlabError
 from trimlab.factory import build, make, make_backbone
+from trimlab.redaction import redact, redact_overrides
 from trimlab.task import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], loggers: 
 
 def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str]) -> dict[str, Any]:
     try:
-        config = report.redact(OmegaConf.to_container(cfg, resolve=True))
+        config = redact(OmegaConf.to_container(cfg, resolve=True))
     except OmegaConfBaseException as err:
         raise ConfigError(f"the config does not resolve: {' '.join(str(err).split())}") from err
     return {
@@ -59,7 +60,7 @@ def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str
         "run_dir": str(run_dir.absolute()),
         "task_name": cfg.task_name,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "overrides": report.redact_overrides(overrides),
+        "overrides": redact_overrides(overrides),
         "config": config,
     }
 

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -16,24 +15,7 @@ from typing import Any
 
 import numpy as np
 
-SECRET_KEY = re.compile(r"(api_?key|access_?key|private_?key|secret|password|passwd|credentials?|(^|_)token)$",
-                        re.IGNORECASE)  # fmt: skip
 HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro"]
-
-
-def redact(value: Any) -> Any:
-    """A config (as plain containers) with every secret-looking key's value replaced."""
-    if isinstance(value, dict):
-        return {k: "***" if SECRET_KEY.search(str(k)) and v else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
-def redact_overrides(overrides: list[str]) -> list[str]:
-    """Command-line overrides with the value of every secret-looking key replaced (`logger.x.api_key=***`)."""
-    return [f"{key}=***" if sep and SECRET_KEY.search(key) else key + sep + value
-            for key, sep, value in (o.partition("=") for o in overrides)]  # fmt: skip
 
 
 def jsonable(value: Any) -> Any:

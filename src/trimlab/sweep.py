@@ -72,7 +72,7 @@ def job_row(job_dir: Path) -> dict[str, Any] | None:
 
 @functools.lru_cache(maxsize=4096)
 def _read_row(job_dir: Path, stamps: tuple) -> dict[str, Any] | None:
-    from trimlab.report import redact_overrides
+    from trimlab.redaction import redact_overrides
 
     summary_path, overrides_path = job_dir / "summary.json", job_dir / ".hydra" / "overrides.yaml"
     try:
