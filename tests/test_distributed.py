@@ -6,15 +6,23 @@ import json
 import os
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
+from lightning.pytorch import strategies
+from torch.multiprocessing.spawn import ProcessRaisedException
 
-from conftest import BIN, FAST, compose_train, run_cli
+from conftest import BIN, FAST, REPO, assert_clear_error, compose_train, run_cli
+from trimlab import distributed
+from trimlab.distributed import PeerTimeoutError
+from trimlab.errors import TrimlabError
 from trimlab.pipeline import train
 
 pytestmark = pytest.mark.slow
 TWO_EPOCHS = [*FAST, "callbacks.early_stopping=null"]
+MULTI_PROCESS = sorted(path.stem for path in (REPO / "conf" / "strategy").glob("*.yaml") if path.stem != "auto")
 
 
 def completed(result) -> dict:
@@ -85,6 +93,35 @@ def test_mixed_precision_on_cpu_records_what_ran(tmp_path, precision, recorded):
                         output_dir=tmp_path)  # fmt: skip
     summary = train(cfg, tmp_path, "prec0000")
     assert summary["status"] == "completed" and summary["env"]["precision"] == recorded
+
+
+def test_a_node_that_never_comes_fails_within_the_timeout(tmp_path):
+    """Two nodes asked for, one started: rank 0 waits `trainer.strategy.timeout` seconds, not forever."""
+    started = time.monotonic()
+    result = run_cli(*FAST, "strategy=ddp", "trainer.num_nodes=2", "trainer.strategy.timeout=5", cwd=tmp_path)
+    line = assert_clear_error(result, "no peer joined within 5 s", "trainer.strategy.timeout=<seconds>")
+    assert "trainer.num_nodes=2" in line and "MASTER_PORT=" in line
+    assert time.monotonic() - started < 120
+    (summary_path,) = (tmp_path / "outputs").rglob("summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith("PeerTimeoutError: no peer joined within 5 s")
+
+
+@pytest.mark.parametrize("name", MULTI_PROCESS)
+def test_every_multi_process_strategy_waits_at_most_five_minutes(tmp_path, name):
+    strategy = instantiate(compose_train(f"strategy={name}", output_dir=tmp_path).trainer.strategy)
+    assert timedelta(0) < strategy._timeout <= timedelta(minutes=5)
+    assert isinstance(strategy, getattr(strategies, type(strategy).__name__))  # Lightning's class, by its name
+
+
+def test_a_spawned_workers_timeout_reaches_the_main_process_as_its_message():
+    message = "no peer joined within 5 s: rank 1 of 4 waited at MASTER_ADDR=127.0.0.1 MASTER_PORT=1"
+    trace = f"Traceback (most recent call last):\n  ...\n{PeerTimeoutError.__module__}.PeerTimeoutError: {message}\n"
+    assert distributed.worker_error(ProcessRaisedException(trace, 1, 123)) == message
+    assert distributed.worker_error(ProcessRaisedException("Traceback ...\nValueError: x", 1, 123)) is None
+    with pytest.raises(TrimlabError, match="trainer.strategy.timeout=0 must be a positive number of seconds"):
+        distributed.as_timedelta(0)
 
 
 def test_two_nodes_by_torchrun_match_one_node_with_two_devices(single_and_ddp, tmp_path):

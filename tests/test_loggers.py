@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from conftest import compose_train
+from conftest import FAST, compose_train, run_cli
 from trimlab.errors import TrimlabError
 from trimlab.pipeline import train
 
@@ -47,6 +48,26 @@ def test_many_loggers_receive_the_summary_keys(tmp_path, monkeypatch):
         str(p.relative_to(metric_dirs[0])) for p in metric_dirs[0].rglob("*") if p.is_file()
     }
     assert summary["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_mlflow_and_many_run_through_the_command(tmp_path):
+    """The checks before a run read `logger.mlflow.tracking_uri`, whose default names the run dir, a value Hydra
+    sets only when the job starts; in-process runs set paths.output_dir themselves and never saw it fail."""
+    limits = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=2"]
+    result = run_cli("-m", "logger=mlflow,many", *FAST, "trainer.max_epochs=1", *limits, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = json.loads(next((tmp_path / "outputs").rglob("sweep_summary.json")).read_text())
+    assert [(row["overrides"].split()[0], row["status"]) for row in sweep["rows"]] == [
+        ("logger=mlflow", "completed"),
+        ("logger=many", "completed"),
+    ]
+    mlflow_dir, many_dir = (Path(row["run_dir"]) for row in sweep["rows"])
+    for run_dir in (mlflow_dir, many_dir):  # a file store in each run's own dir
+        assert list((run_dir / "mlruns").glob("*/*/metrics/test/acc")), run_dir
+    assert (many_dir / "csv" / "metrics.csv").is_file() and list((many_dir / "wandb").glob("offline-run-*"))
+    assert list((many_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (mlflow_dir / "csv").exists()  # logger=mlflow alone
 
 
 def test_secrets_never_reach_the_saved_config(tmp_path):

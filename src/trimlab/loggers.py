@@ -46,10 +46,19 @@ def check_mlflow_server(uri: str, setting: str = "logger.mlflow.tracking_uri") -
     )
 
 
+def configured_uri(cfg: DictConfig) -> str | None:
+    """`logger.mlflow.tracking_uri`, resolved where it can be. The checks before a run see no Hydra job, so the
+    default (`file:${paths.output_dir}/mlruns`, a `${hydra:...}` value) stays as written: not a server anyway."""
+    uri = OmegaConf.select(cfg, "logger.mlflow.tracking_uri", default=None, throw_on_resolution_failure=False)
+    if uri is None:
+        uri = (OmegaConf.to_container(cfg.logger.mlflow, resolve=False) or {}).get("tracking_uri")
+    return None if uri is None else str(uri)
+
+
 def check_tracking(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "logger.mlflow") is None:
         return
-    configured = OmegaConf.select(cfg, "logger.mlflow.tracking_uri", default=None)
+    configured = configured_uri(cfg)
     uri = str(configured or os.environ.get("MLFLOW_TRACKING_URI") or "")
     if uri.startswith(("http://", "https://")):
         check_mlflow_server(uri, "logger.mlflow.tracking_uri" if configured else "MLFLOW_TRACKING_URI")
