@@ -7,11 +7,12 @@ through the real CLI to show the exit code and stderr a user sees.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import assert_clear_error, run_cli
-from trimlab.cli import preflight
+from trimlab.cli import config_dir, preflight
 
 
 def preflight_error(capsys, *args: str) -> str:
@@ -128,3 +129,89 @@ def test_number_as_option_name(capsys):
 
 def test_fsdp_on_cpu_points_to_model_parallel(capsys):
     assert "strategy=model_parallel" in preflight_error(capsys, "strategy=fsdp", "trainer.accelerator=cpu")
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("task.optimizer.lr=nan", "task.optimizer.lr=nan is not a finite number"),
+        ("task.optimizer.lr=inf", "task.optimizer.lr=inf is not a finite number"),
+        ("task.label_smoothing=2", "task.label_smoothing=2 is outside [0, 1)"),
+        ("seed=abc", "seed='abc' is not a whole number"),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 is not a whole number"),
+        ("data.batch_size=1.5", "data.batch_size=1.5 is not a whole number"),
+        ("data.batch_size=nan", "data.batch_size=nan is not a whole number"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 must be >= 0"),
+    ],
+)
+def test_values_that_fail_inside_training_fail_in_preflight(capsys, override, fragment):
+    assert fragment in preflight_error(capsys, override)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("trainer=gpu", "needs a CUDA GPU and none is visible"),
+        ("trainer.devices=[0,1]", "lists GPU ids, and this machine has no GPU"),
+        ("trainer.devices=64", "trainer.devices=64 starts 64 CPU processes on a machine with"),
+    ],
+)
+def test_devices_the_machine_does_not_have(capsys, override, fragment):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert fragment in preflight_error(capsys, override)
+
+
+@pytest.mark.parametrize("argv", [["hydra.run.dir=/proc/x"], ["-m", "hydra.sweep.dir=/proc/y", "model=cnn,resnet"]])
+def test_run_and_sweep_dirs_that_cannot_be_written(capsys, argv):
+    line = preflight_error(capsys, *argv)
+    assert "is not a writable directory" in line and "/proc" in line
+
+
+def test_eval_and_predict_without_arguments(capsys):
+    with pytest.raises(SystemExit):
+        preflight([], "eval")
+    assert "run_dir is required: trimlab-eval run_dir=<path>" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preflight(["run_dir=somewhere"], "predict")
+    assert "inputs is required: trimlab-predict inputs=<path>" in capsys.readouterr().err
+
+
+def test_search_space_over_an_unknown_key(capsys):
+    line = preflight_error(capsys, "-m", "hparams_search=optuna_tpe", '+hydra.sweeper.params.nosuch="choice(1,2)"')
+    assert "the search space names nosuch, which is not in the config" in line
+
+
+def test_unquoted_search_space_on_the_command_line(capsys):
+    line = preflight_error(capsys, "-m", "hparams_search=optuna_tpe", "+hydra.sweeper.params.nosuch=choice(1,2)")
+    assert "an unquoted choice(1,2) here sweeps a Hydra setting; quote the search space" in line
+
+
+def test_glob_sweeps_list_the_group_options():
+    from trimlab.cli import _variants
+
+    variants = _variants(["model=glob(*)", "data=digits"])
+    assert sorted(v[1] for v in variants) == sorted(
+        f"model={p.stem}" for p in (Path(config_dir()) / "model").glob("*.yaml")
+    )
+    assert preflight(["-m", "model=glob(cnn*)", "data=digits"]) == ["-m", "model=glob(cnn*)", "data=digits"]
+
+
+def test_trainer_argument_that_does_not_exist(tmp_path):
+    from conftest import compose_train
+    from trimlab.errors import ConfigError
+    from trimlab.pipeline import train
+
+    cfg = compose_train("+trainer.no_such=1", output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="trainer.no_such is not an argument of lightning.pytorch.Trainer"):
+        train(cfg, tmp_path, "nosuch00")
+
+
+@pytest.mark.slow
+def test_cli_error_after_preflight_is_one_line(tmp_path):
+    result = run_cli("+trainer.no_such=1", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert_clear_error(result, "trainer.no_such is not an argument of lightning.pytorch.Trainer")
+    summary = json.loads(next((tmp_path / "outputs").rglob("summary.json")).read_text())
+    assert summary["status"] == "failed"
