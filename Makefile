@@ -16,9 +16,10 @@ $(BIN)/trimlab-train:
 demo: $(BIN)/trimlab-train
 	$(BIN)/trimlab-train
 
+# Two test processes (pytest-xdist), a test file each at a time: the suite fits its 15 minutes on 2 cores.
 test: $(BIN)/trimlab-train
 	$(BIN)/ruff check src tests experiments
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(BIN)/trimlab-train
 	$(BIN)/ruff check src tests experiments

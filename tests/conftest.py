@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one test process per core: one thread each, here and
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # in the commands they start (more would fight for the cores)
+
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir

@@ -65,7 +65,10 @@ def test_a_run_reaches_a_real_mlflow_server_and_compare_reads_it_back(tmp_path, 
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     cfg = compose_train(
-        "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}", "task_name=served", "trainer.max_epochs=1",
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={mlflow_server}",
+        "task_name=served",
+        "trainer.max_epochs=1",
         output_dir=run_dir,
     )
     long = "+note=" + "x" * 300  # past MLflow params' 250 characters: overrides travel as a tag

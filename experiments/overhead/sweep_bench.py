@@ -135,8 +135,12 @@ def main() -> None:
         "jobs": JOBS,
         "launcher_s": {name: [r["launcher_s_median"] for r in rs] for name, rs in runs.items()},
         "runs": runs,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},  # fmt: skip
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },  # fmt: skip
         "date": time.strftime("%Y-%m-%d"),
     }
     (HERE / "sweep_results.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,10 @@ def validate_config(cfg: DictConfig) -> None:
     check_compression(cfg)
     check_tracking(cfg)  # an MLflow server that does not answer
     objective_keys(cfg)  # a known optimized_metric, or a clear error
+    timeout = _number(cfg, "trainer.strategy.timeout")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"trainer.strategy.timeout={timeout} must be a positive number of seconds, e.g. 300")
+    check_launcher(cfg)
     price = _number(cfg, "cost.price_per_hour")
     if price is not None and price < 0:
         raise ConfigError(f"cost.price_per_hour={price} must be >= 0")
@@ -119,6 +124,16 @@ def check_devices(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.devices={devices} starts {devices} CPU processes on a machine with {cores} cores; "
             f"set trainer.devices=<at most {cores}>"
+        )
+
+
+def check_launcher(cfg: DictConfig) -> None:
+    """submitit's SLURM launcher fails only after the sweep has started, with a traceback, where SLURM is absent."""
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if target.endswith("SlurmLauncher") and shutil.which("srun") is None:
+        raise ConfigError(
+            "hydra/launcher=submitit_slurm needs SLURM (no srun on PATH); run where SLURM is, or use "
+            "hydra/launcher=submitit_local"
         )
 
 

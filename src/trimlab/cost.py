@@ -216,6 +216,8 @@ def measure(
     """The cost block of the summary; `cfg` is the run's `cost` config, `precision` Lightning's plugin.
     `inference=False` leaves out serving cost (a compressed run measures it per stage instead)."""
     model = model.eval().to(device)
+    if precision is not None:  # bf16-true/16-true: the deployed weights in the dtype the run trained and tested in
+        model = precision.convert_module(model)
     sample_inputs = to_device(sample_inputs, device)
     peaks = peak_mem_per_process or [peak_memory_mb(device)]
     hours = clock.train_time_s / 3600

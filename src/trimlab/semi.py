@@ -36,10 +36,12 @@ def enabled(cfg: DictConfig) -> bool:
 
 
 @torch.inference_mode()
-def predict_probs(task: ClassificationTask, dataset: ArrayDataset, datamodule: ClassificationDataModule):
+def predict_probs(task: ClassificationTask, dataset: ArrayDataset, datamodule: ClassificationDataModule, precision):
+    """In the run's precision (Lightning's plugin): a bf16-true model takes bf16 inputs."""
     task.eval()
     loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, collate_fn=datamodule.collate)
-    return torch.cat([task(inputs).float().softmax(-1) for inputs, _ in loader])
+    with precision.forward_context():
+        return torch.cat([task(precision.convert_input(inputs)).float().softmax(-1) for inputs, _ in loader])
 
 
 def first_round(
@@ -73,7 +75,7 @@ def first_round(
     trainer.test(task, datamodule=datamodule, verbose=False)
     round1 = {k: float(v) for k, v in trainer.callback_metrics.items() if k in HEADLINE}
 
-    probs = predict_probs(task, hidden, datamodule)
+    probs = predict_probs(task, hidden, datamodule, trainer.precision_plugin)
     confidence, predicted = probs.max(-1)
     keep = confidence >= threshold
     pseudo = hidden.subset(torch.nonzero(keep).flatten().numpy()).relabel(predicted[keep])
