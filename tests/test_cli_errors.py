@@ -215,3 +215,17 @@ def test_cli_error_after_preflight_is_one_line(tmp_path):
     assert_clear_error(result, "trainer.no_such is not an argument of lightning.pytorch.Trainer")
     summary = json.loads(next((tmp_path / "outputs").rglob("summary.json")).read_text())
     assert summary["status"] == "failed"
+
+
+def test_slurm_launcher_without_slurm(capsys):
+    import shutil
+
+    if shutil.which("srun"):
+        pytest.skip("SLURM is installed here")
+    line = preflight_error(capsys, "-m", "hydra/launcher=submitit_slurm", "model=cnn,resnet")
+    assert "hydra/launcher=submitit_slurm needs SLURM (no srun on PATH)" in line
+
+
+def test_peer_timeout_must_be_positive(capsys):
+    line = preflight_error(capsys, "strategy=ddp", "trainer.strategy.timeout=0")
+    assert "trainer.strategy.timeout=0 must be a positive number of seconds" in line

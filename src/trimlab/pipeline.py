@@ -175,6 +175,8 @@ def source_run_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
 def interrupted_message(signal_name: str, trainer: pl.Trainer | None, run_dir: Path) -> str:
     epoch, step = (trainer.current_epoch, trainer.global_step) if trainer is not None else (0, 0)
     where = f"interrupted by {signal_name} at epoch {epoch}, step {step}"
+    if rundir.sweep_name():  # a sweep job: the sweep says how to resume the sweep
+        return where
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         return f"{where}, before its first checkpoint; start the run again"
     return f"{where}; resume with ckpt_path=last hydra.run.dir={run_dir.absolute()}"
