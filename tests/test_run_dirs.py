@@ -39,6 +39,13 @@ def test_a_dir_holding_a_run_is_refused(capsys, tmp_path, status):
     )
 
 
+@pytest.mark.parametrize("rank", ["LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"])
+def test_other_ranks_share_the_run_dir_rank_zero_wrote(tmp_path, monkeypatch, rank):
+    run_dir = fake_run(tmp_path / "run", "running")
+    monkeypatch.setenv(rank, "1")
+    assert preflight([f"hydra.run.dir={run_dir}"]) == [f"hydra.run.dir={run_dir}"]
+
+
 def test_ckpt_last_of_a_completed_run_is_refused(capsys, tmp_path):
     run_dir = fake_run(tmp_path / "run", "completed")
     with pytest.raises(SystemExit):

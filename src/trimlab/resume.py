@@ -94,5 +94,6 @@ def check_not_another_run(cfg: DictConfig) -> None:
 
 
 def _launched_rank() -> bool:
-    """Ranks > 0 of a DDP run (and other nodes) re-run the command with the run dir rank 0 already wrote."""
-    return any(os.environ.get(name, "0") != "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+    """Ranks > 0 of a DDP run (and other nodes) re-run the command with the run dir rank 0 already wrote: started
+    by Lightning (LOCAL_RANK, NODE_RANK), torchrun (RANK) or srun (SLURM_PROCID)."""
+    return any(os.environ.get(name, "0") != "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
