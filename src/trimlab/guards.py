@@ -24,7 +24,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from trimlab.errors import TrimlabError
+from trimlab import rundir
+from trimlab.errors import Interrupted, TrimlabError
 
 SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 
@@ -109,3 +110,34 @@ def disk_full(err: BaseException) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+def recorded_failure(err: BaseException, summary: dict, trainer: pl.Trainer | None, run_dir: Path) -> BaseException:
+    """The summary's record of how the run ended, and the error to raise: a signal and a full disk become one
+    clear line; anything else is raised as it is."""
+    if isinstance(err, SignalReceived):
+        message = interrupted_message(err.name, trainer, run_dir)
+        summary.update(status="interrupted", signal=err.name, error=message)
+        return Interrupted(message, err.exit_code)
+    summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+    if disk_full(err):
+        summary["error"] = disk_full_message(err, run_dir)
+        return TrimlabError(summary["error"])
+    return err
+
+
+def interrupted_message(signal_name: str, trainer: pl.Trainer | None, run_dir: Path) -> str:
+    epoch, step = (trainer.current_epoch, trainer.global_step) if trainer is not None else (0, 0)
+    where = f"interrupted by {signal_name} at epoch {epoch}, step {step}"
+    if rundir.sweep_name():  # a sweep job: the sweep says how to resume the sweep
+        return where
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return f"{where}, before its first checkpoint; start the run again"
+    return f"{where}; resume with ckpt_path=last hydra.run.dir={run_dir.absolute()}"
+
+
+def disk_full_message(err: BaseException, run_dir: Path) -> str:
+    return (
+        f"no space left on device while writing {run_dir.absolute()}; the last good checkpoint is kept: free space "
+        f"(or move the run), then resume with ckpt_path=last hydra.run.dir={run_dir.absolute()}"
+    )

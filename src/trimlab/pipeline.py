@@ -24,9 +24,10 @@ from trimlab.checks import validate_config
 from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.csv_logger import CSVLogger
 from trimlab.data.base import ClassificationDataModule
-from trimlab.errors import ConfigError, Interrupted, TrimlabError
+from trimlab.errors import ConfigError, Interrupted
 from trimlab.factory import build, make, make_backbone
 from trimlab.redaction import redact, redact_overrides
+from trimlab.resume import source_run_dir
 from trimlab.task import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -81,21 +82,9 @@ def _train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | N
         summary = new_summary(cfg, run_dir, run_id, overrides or [])
         validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
-        datamodule, task = build(cfg, compile=True, artifacts_from=source_run_dir(cfg, run_dir))
-        stages = compression.build_stages(cfg)
-        for stage in stages:  # before any training: a stage that cannot apply fails now, not after the fit
-            stage.check(datamodule, task.backbone)
-        resumed = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-        if resumed is not None:
-            summary["resumed_from"] = str(Path(cfg.ckpt_path).absolute())
-            check_matches(task, resumed.get("state_dict", {}), str(cfg.ckpt_path))
-        elif cfg.model.get("pretrained"):
-            summary["transfer"] = transfer.load_pretrained(task.backbone, cfg.model.pretrained, datamodule.facts())
-        loggers = run_loggers.build_loggers(cfg.get("logger"))
-        for logger in loggers:  # a resumed run keeps the CSV rows logged up to its checkpoint
-            if resumed is not None and isinstance(logger, CSVLogger):
-                logger.keep_through_epoch = int(resumed.get("epoch", 0))
+        datamodule, task, stages = build_run(cfg, run_dir)
+        resumed = starting_point(cfg, summary, task, datamodule)
+        loggers = build_loggers(cfg, resumed)
         clock = RunClock("val/acc")
         trainer = build_trainer(cfg, [clock, RNGState(), *finetune_callbacks(cfg)], loggers)
         writer = trainer.is_global_zero
@@ -109,50 +98,19 @@ def _train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | N
             )
         for stage in stages:
             stage.wrap(task, datamodule)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
-
-        tested = test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
-        fit_clock = clock.state_dict()
-        trainer.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
-        clock.load_state_dict(fit_clock)  # testing a checkpoint restores callbacks: the clock as of that epoch
-        # Every rank reports its peak memory (a collective: all ranks must get here).
-        local_peak = torch.tensor([peak_memory_mb(device)], device=device)
-        peaks = trainer.strategy.all_gather(local_peak).flatten().tolist()
+        fitted = fit_and_test(cfg, trainer, task, datamodule, clock)
         if not writer:
             return summary
-
-        sample = next(iter(datamodule.test_dataloader()))[0]
-        deployable = deployable_backbone(cfg, datamodule, tested) if tested else task.backbone
-        if not task.test_report:  # ddp_spawn: the test ran in worker processes, only its logged metrics came back
-            task.collect_test_outputs(deployable, datamodule.test_dataloader(), trainer.precision_plugin)
-        summary.update(
-            status="completed",
-            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            checkpoint=checkpoint_record(tested, run_dir),
-            data=datamodule.facts(),
-            metrics=test_metrics(trainer, task, clock),
-            cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks, not stages),
-            env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
-        )
+        deployable = record_completed(summary, cfg, trainer, task, datamodule, clock, stages, fitted, run_dir)
         probs, targets = task.test_probs, task.test_targets
         if stages:
             probs, targets = apply_compression(summary, cfg, stages, deployable, datamodule, run_dir, task)
-        report.save_plots(run_dir, probs, targets, datamodule.class_names)
-        report.save_predictions(run_dir, probs, targets)
-        hparams = {"run_id": run_id, "overrides": " ".join(summary["overrides"]), **summary["config"]}
-        run_loggers.log_final(loggers, report.flat_scores(summary), hparams, trainer.global_step)
-        run_loggers.log_images(loggers, {name: run_dir / f"{name}.png" for name in ("confusion_matrix", "roc")})
-    except guards.SignalReceived as received:
-        message = interrupted_message(received.name, trainer, run_dir)
-        summary.update(status="interrupted", signal=received.name, error=message)
-        raise Interrupted(message, received.exit_code) from None
+        report_to(loggers, summary, run_dir, probs, targets, datamodule.class_names, trainer.global_step)
     except BaseException as err:
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        if guards.disk_full(err):
-            summary["error"] = disk_full_message(err, run_dir)
-            raise TrimlabError(summary["error"]) from err
-        raise
+        raised = guards.recorded_failure(err, summary, trainer, run_dir)
+        if raised is err:
+            raise
+        raise raised from (None if isinstance(raised, Interrupted) else err)
     finally:
         resumed_before_start = not started and summary_path.exists() and cfg.get("ckpt_path")
         if writer and not resumed_before_start:
@@ -164,29 +122,85 @@ def _train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | N
     return summary
 
 
-def source_run_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """Where a resumed run's data artifacts (a tokenizer) come from: the run its checkpoint belongs to."""
-    if not cfg.get("ckpt_path"):
-        return None
-    source = Path(cfg.ckpt_path).absolute().parents[1]
-    return source if (source / ".hydra").is_dir() else run_dir
+def build_run(cfg: DictConfig, run_dir: Path) -> tuple[ClassificationDataModule, ClassificationTask, list]:
+    """Data, task and compression stages; a stage that cannot apply fails now, not after the fit."""
+    # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
+    datamodule, task = build(cfg, compile=True, artifacts_from=source_run_dir(cfg, run_dir))
+    stages = compression.build_stages(cfg)
+    for stage in stages:
+        stage.check(datamodule, task.backbone)
+    return datamodule, task, stages
 
 
-def interrupted_message(signal_name: str, trainer: pl.Trainer | None, run_dir: Path) -> str:
-    epoch, step = (trainer.current_epoch, trainer.global_step) if trainer is not None else (0, 0)
-    where = f"interrupted by {signal_name} at epoch {epoch}, step {step}"
-    if rundir.sweep_name():  # a sweep job: the sweep says how to resume the sweep
-        return where
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return f"{where}, before its first checkpoint; start the run again"
-    return f"{where}; resume with ckpt_path=last hydra.run.dir={run_dir.absolute()}"
-
-
-def disk_full_message(err: BaseException, run_dir: Path) -> str:
-    return (
-        f"no space left on device while writing {run_dir.absolute()}; the last good checkpoint is kept: free space "
-        f"(or move the run), then resume with ckpt_path=last hydra.run.dir={run_dir.absolute()}"
+def record_completed(
+    summary: dict,
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    task: ClassificationTask,
+    datamodule,
+    clock: RunClock,
+    stages: list,
+    fitted: tuple,
+    run_dir: Path,
+) -> torch.nn.Module:
+    """The summary of a finished fit: test metrics, cost, environment; returns the deployable (tested) model."""
+    tested, device, peaks = fitted
+    deployable = deployable_backbone(cfg, datamodule, tested) if tested else task.backbone
+    if not task.test_report:  # ddp_spawn: the test ran in worker processes, only its logged metrics came back
+        task.collect_test_outputs(deployable, datamodule.test_dataloader(), trainer.precision_plugin)
+    sample = next(iter(datamodule.test_dataloader()))[0]
+    summary.update(
+        status="completed",
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        checkpoint=checkpoint_record(tested, run_dir),
+        data=datamodule.facts(),
+        metrics=test_metrics(trainer, task, clock),
+        cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks, not stages),
+        env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
     )
+    return deployable
+
+
+def report_to(loggers: list, summary: dict, run_dir: Path, probs, targets, class_names: list, step: int) -> None:
+    """Plots and per-example predictions in the run dir; the same final keys and images to every logger."""
+    report.save_plots(run_dir, probs, targets, class_names)
+    report.save_predictions(run_dir, probs, targets)
+    hparams = {"run_id": summary["run_id"], "overrides": " ".join(summary["overrides"]), **summary["config"]}
+    run_loggers.log_final(loggers, report.flat_scores(summary), hparams, step)
+    run_loggers.log_images(loggers, {name: run_dir / f"{name}.png" for name in ("confusion_matrix", "roc")})
+
+
+def starting_point(cfg: DictConfig, summary: dict, task: ClassificationTask, datamodule) -> dict | None:
+    """The checkpoint a resumed run continues from (checked against the model), or pretrained weights loaded."""
+    if not cfg.get("ckpt_path"):
+        if cfg.model.get("pretrained"):
+            summary["transfer"] = transfer.load_pretrained(task.backbone, cfg.model.pretrained, datamodule.facts())
+        return None
+    resumed = read_checkpoint(cfg.ckpt_path)
+    summary["resumed_from"] = str(Path(cfg.ckpt_path).absolute())
+    check_matches(task, resumed.get("state_dict", {}), str(cfg.ckpt_path))
+    return resumed
+
+
+def build_loggers(cfg: DictConfig, resumed: dict | None) -> list[Any]:
+    loggers = run_loggers.build_loggers(cfg.get("logger"))
+    for logger in loggers:  # a resumed run keeps the CSV rows logged up to its checkpoint
+        if resumed is not None and isinstance(logger, CSVLogger):
+            logger.keep_through_epoch = int(resumed.get("epoch", 0))
+    return loggers
+
+
+def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, task: ClassificationTask, datamodule, clock: RunClock):
+    """Fit, test the chosen checkpoint; returns it, the device, and every rank's peak memory."""
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
+    tested = test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
+    fit_clock = clock.state_dict()
+    trainer.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
+    clock.load_state_dict(fit_clock)  # testing a checkpoint restores callbacks: the clock as of that epoch
+    # Every rank reports its peak memory (a collective: all ranks must get here).
+    local_peak = torch.tensor([peak_memory_mb(device)], device=device)
+    return tested, device, trainer.strategy.all_gather(local_peak).flatten().tolist()
 
 
 def leave_process_group() -> None:

@@ -97,3 +97,11 @@ def _launched_rank() -> bool:
     """Ranks > 0 of a DDP run (and other nodes) re-run the command with the run dir rank 0 already wrote: started
     by Lightning (LOCAL_RANK, NODE_RANK), torchrun (RANK) or srun (SLURM_PROCID)."""
     return any(os.environ.get(name, "0") != "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def source_run_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Where a resumed run's data artifacts (a tokenizer) come from: the run its checkpoint belongs to."""
+    if not cfg.get("ckpt_path"):
+        return None
+    source = Path(cfg.ckpt_path).absolute().parents[1]
+    return source if (source / ".hydra").is_dir() else run_dir
