@@ -229,3 +229,10 @@ def test_slurm_launcher_without_slurm(capsys):
 def test_peer_timeout_must_be_positive(capsys):
     line = preflight_error(capsys, "strategy=ddp", "trainer.strategy.timeout=0")
     assert "trainer.strategy.timeout=0 must be a positive number of seconds" in line
+
+
+def test_a_preset_that_starts_from_another_run_names_what_to_pass(capsys):
+    line = preflight_error(capsys, "experiment=speech_commands_transfer")
+    assert "speech_commands_transfer needs model.pretrained=<the run dir of an experiment=fsdd_cnn run>" in line
+    # A fast_dev_run stands in for it (random weights), so a smoke test over every preset needs no other run.
+    assert preflight(["experiment=speech_commands_transfer", "++trainer.fast_dev_run=true"])

@@ -103,6 +103,18 @@ def test_distillation_from_a_teacher_run(teacher_run, tmp_path):
     assert sum(v.numel() for v in state.values() if v.is_floating_point()) < teacher["cost"]["params"] / 3
 
 
+def test_a_fast_dev_run_without_a_teacher_distills_from_an_untrained_copy(tmp_path):
+    """The smoke test of every preset (`-m 'experiment=glob(*)' ++trainer.fast_dev_run=true`) needs no teacher run;
+    the same command without fast_dev_run is refused (test_bad_compression_config_fails_before_any_run_dir)."""
+    result = run_cli("compression=[distill]", "++trainer.fast_dev_run=true", "cost.compile=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((Path(result.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["metrics"]["after"]["distill"]["facts"]["teacher"] == "untrained copy (fast_dev_run)"
+    assert [note.split(":")[0] for note in summary["stand_ins"]] == ["fast_dev_run without compression.distill.teacher"]
+    assert "WARNING] - fast_dev_run without compression.distill.teacher" in result.stdout + result.stderr
+
+
 @pytest.mark.slow
 def test_a_teacher_with_other_classes_is_refused_before_training(teacher_run, tmp_path):
     other = tmp_path / "other_teacher"
@@ -125,6 +137,7 @@ def test_a_teacher_with_other_classes_is_refused_before_training(teacher_run, tm
             ["compression.prune.sparsity=1.0 is outside [0, 1)"],
         ),
         (["compression=[distill]", "compression.distill.teacher=/nonexistent/run"], ["no finished run there"]),
+        (["compression=[distill]"], ["compression.distill.teacher=None: no finished run there"]),
         (["compression=[prune_structured]", "compression.prune_structured.channel_ratio=-0.5"], ["outside [0, 1)"]),
         (["compression=[quantize_static,prune]"], ["quantize_static turns the model into an exported", "last"]),
         (["compression=[prune,distill]"], ["distill trains the model, list it first"]),

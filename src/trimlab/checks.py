@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from trimlab import rundir
 from trimlab.compression_checks import check_compression, strategy_name
@@ -42,6 +42,34 @@ def _integer(cfg: DictConfig, key: str) -> int | None:
     return value
 
 
+STAND_INS = {
+    "model.pretrained": "the backbone starts from random weights",
+    "compression.distill.teacher": "the teacher is an untrained copy of the model",
+}
+
+
+def smoke_test_stand_ins(cfg: DictConfig) -> list[str]:
+    """Under `trainer.fast_dev_run`, stand in for another run's output, so `-m 'experiment=glob(*)'
+    ++trainer.fast_dev_run=true` checks every preset's code path; a real run still needs the source."""
+    if not OmegaConf.select(cfg, "trainer.fast_dev_run", default=False):
+        return []
+    unset = [key for key in (cfg.get("requires") or {}) if key in STAND_INS and not OmegaConf.select(cfg, key)]
+    distill = OmegaConf.select(cfg, "compression.distill", default=None)
+    if isinstance(distill, DictConfig) and "_target_" in distill and not distill.get("teacher"):
+        with open_dict(distill):
+            distill.untrained_teacher = True
+        unset = sorted({*unset, "compression.distill.teacher"})
+    return [f"fast_dev_run without {key}: {STAND_INS[key]} (a smoke test of the code path only)" for key in unset]
+
+
+def check_requires(cfg: DictConfig) -> None:
+    """A preset names what it needs under `requires` (a `???` cannot: a merge keeps the value below it)."""
+    smoke_test = bool(OmegaConf.select(cfg, "trainer.fast_dev_run", default=False))
+    for key, what in (cfg.get("requires") or {}).items():
+        if OmegaConf.select(cfg, str(key)) in (None, "") and not (smoke_test and key in STAND_INS):
+            raise ConfigError(f"{cfg.get('task_name')} needs {key}=<{what}>; pass it on the command line")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Out-of-range values that would otherwise fail (or silently misbehave) deep inside training."""
     for key in INTEGER_KEYS:
@@ -63,6 +91,7 @@ def validate_config(cfg: DictConfig) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be >= 1; set {key}=<positive int>")
     check_data_fractions(cfg)
+    check_requires(cfg)
     for group in ("data", "model", "task"):
         missing = sorted(OmegaConf.missing_keys(cfg[group])) if cfg.get(group) is not None else []
         if missing:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import rundir
-from trimlab.checks import check_output_dir, check_run_dir, required_arguments, validate_config
+from trimlab.checks import check_output_dir, check_run_dir, required_arguments, smoke_test_stand_ins, validate_config
 from trimlab.compression_checks import check_listed_once
 from trimlab.errors import ConfigError, TrimlabError, fail, full_errors
 from trimlab.redaction import refuse_secret_overrides
@@ -159,6 +159,7 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
         if "run_dir" in list(cfg.keys()):
             required_arguments(cfg, f"trimlab-{config_name}")
         for each in configs:
+            smoke_test_stand_ins(each)
             validate_config(each)
         multirun = args.multirun or str(OmegaConf.select(cfg, "hydra.mode")).endswith("MULTIRUN")
         if multirun:

@@ -36,7 +36,8 @@ def check_compression(cfg: DictConfig) -> None:
     if "distill" in names:
         if str(OmegaConf.select(cfg, "semi_supervised.method", default="none")) != "none":
             raise ConfigError("distill and semi_supervised change the same train split; use one of them")
-        check_teacher_dir(OmegaConf.select(cfg, "compression.distill.teacher"))
+        if not OmegaConf.select(cfg, "compression.distill.untrained_teacher", default=False):
+            check_teacher_dir(OmegaConf.select(cfg, "compression.distill.teacher"))
 
 
 def check_teacher_dir(teacher: str | None) -> Path:

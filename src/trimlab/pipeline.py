@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trimlab import compression, guards, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
-from trimlab.checks import validate_config
+from trimlab.checks import smoke_test_stand_ins, validate_config
 from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.csv_logger import CSVLogger
 from trimlab.data.base import ClassificationDataModule
@@ -51,6 +51,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], loggers: 
 
 
 def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str]) -> dict[str, Any]:
+    """The run's first record; a fast_dev_run's stand-ins for another run's output are set here, and listed."""
+    stand_ins = smoke_test_stand_ins(cfg)
+    for note in stand_ins:
+        log.warning(note)
     try:
         config = redact(OmegaConf.to_container(cfg, resolve=True))
     except OmegaConfBaseException as err:
@@ -63,6 +67,7 @@ def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "overrides": redact_overrides(overrides),
         "config": config,
+        **({"stand_ins": stand_ins} if stand_ins else {}),
     }
 
 

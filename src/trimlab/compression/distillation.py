@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,11 @@ class Distill(Stage):
     trains_main_fit = True
 
     def __init__(self, teacher: str | None = None, temperature: float = 4.0, alpha: float = 0.7, cache: bool = True,
-                 cache_dir: str | None = None) -> None:  # fmt: skip
-        self.teacher_dir = check_teacher_dir(teacher)
+                 cache_dir: str | None = None, untrained_teacher: bool = False) -> None:  # fmt: skip
+        # untrained_teacher: a fast_dev_run's stand-in (checks.smoke_test_stand_ins), never a real teacher
+        self.untrained = bool(untrained_teacher)
+        self.teacher_dir = None if self.untrained else check_teacher_dir(teacher)
+        cache = cache and not self.untrained  # the stand-in reads the student's own batches
         if not temperature > 0 or not 0 <= alpha <= 1:
             raise ConfigError(f"compression.distill: temperature={temperature} must be > 0, alpha={alpha} in [0, 1]")
         self.temperature, self.alpha, self.cache = float(temperature), float(alpha), bool(cache)
@@ -83,6 +87,8 @@ class Distill(Stage):
     def check(self, datamodule: Any, model: nn.Module) -> None:
         from trimlab.evaluate import load_run
 
+        if self.untrained:
+            return
         cfg, summary = load_run(self.teacher_dir)
         if summary.get("status") != "completed":
             raise ConfigError(f"teacher {self.teacher_dir} did not complete (status {summary.get('status')})")
@@ -104,7 +110,10 @@ class Distill(Stage):
 
     def wrap(self, task: Any, datamodule: Any) -> None:
         """Load the teacher, give the task the distillation loss, and the train split its teacher logits."""
-        self.teacher, self.teacher_data = load_teacher(self.teacher_dir)
+        if self.untrained:
+            self.teacher, self.teacher_data = untrained_copy(task.backbone), datamodule
+        else:
+            self.teacher, self.teacher_data = load_teacher(self.teacher_dir)
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.teacher.eval()
@@ -147,7 +156,7 @@ class Distill(Stage):
 
     def facts(self) -> dict[str, Any]:
         return {
-            "teacher": str(self.teacher_dir.absolute()),
+            "teacher": "untrained copy (fast_dev_run)" if self.untrained else str(self.teacher_dir.absolute()),
             "teacher_params": sum(p.numel() for p in self.teacher.parameters()) if self.teacher else None,
             "temperature": self.temperature,
             "alpha": self.alpha,
@@ -159,6 +168,15 @@ def teacher_checkpoint(run_dir: Path) -> Path:
     from trimlab.transfer import pretrained_checkpoint
 
     return pretrained_checkpoint(run_dir)[0]
+
+
+def untrained_copy(model: nn.Module) -> nn.Module:
+    """The model with fresh weights: a teacher that exercises every step of distillation and teaches nothing."""
+    copy = deepcopy(model)
+    for module in copy.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return copy
 
 
 def load_teacher(run_dir: Path) -> tuple[nn.Module, Any]:
