@@ -17,6 +17,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from trimlab.batches import forward, take, to_device
+
 
 class RunClock(pl.Callback):
     """Train wall time, samples seen, and when val accuracy first reached a fraction of its best."""
@@ -76,18 +78,6 @@ class RunClock(pl.Callback):
         self.val_history = [tuple(item) for item in state_dict["val_history"]]
 
 
-def take(inputs: torch.Tensor | dict[str, torch.Tensor], size: int) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The first `size` samples of a batch, repeated when the batch is smaller."""
-    if isinstance(inputs, dict):
-        return {key: take(value, size) for key, value in inputs.items()}
-    repeats = -(-size // inputs.shape[0])
-    return inputs.repeat(repeats, *([1] * (inputs.dim() - 1)))[:size]
-
-
-def call(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
-
-
 @torch.inference_mode()
 def time_forward(model: nn.Module, inputs, warmup: int, repeats: int, precision: Any = None) -> list[float]:
     """Seconds per forward pass, `repeats` times after `warmup` untimed passes, in the run's precision."""
@@ -96,11 +86,11 @@ def time_forward(model: nn.Module, inputs, warmup: int, repeats: int, precision:
         inputs = precision.convert_input(inputs)
     with context():
         for _ in range(warmup):
-            call(model, inputs)
+            forward(model, inputs)
         timings = []
         for _ in range(repeats):
             start = time.perf_counter()
-            call(model, inputs)
+            forward(model, inputs)
             timings.append(time.perf_counter() - start)
     return timings
 
@@ -122,7 +112,7 @@ def count_flops(model: nn.Module, inputs) -> int | None:
     from lightning.fabric.utilities.throughput import measure_flops
 
     try:
-        return int(measure_flops(model, lambda: call(model, inputs)))
+        return int(measure_flops(model, lambda: forward(model, inputs)))
     except Exception:  # noqa: BLE001 - an op without a FLOP formula must not fail the run
         return None
 
@@ -185,7 +175,7 @@ def compiled_timings(model: nn.Module, one, many, cfg: Any, precision: Any, indu
         compile_s = 0.0
         for inputs in (one, many):
             start = time.perf_counter()
-            call(compiled, inputs)
+            forward(compiled, inputs)
             compile_s += time.perf_counter() - start
         latency = time_forward(compiled, one, cfg.latency_warmup, cfg.latency_repeats, precision)
         throughput = time_forward(compiled, many, 3, cfg.throughput_repeats, precision)
@@ -239,9 +229,3 @@ def measure(
         "price_per_hour": cfg.price_per_hour,
         "price_usd": round(hours * cfg.price_per_hour, 8),
     }
-
-
-def to_device(inputs, device: torch.device):
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import compression, guards, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
+from trimlab.batches import first_test_inputs
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
 from trimlab.checks import smoke_test_stand_ins, validate_config
 from trimlab.cost import RunClock, measure, peak_memory_mb
@@ -153,7 +154,7 @@ def record_completed(
     deployable = deployable_backbone(cfg, datamodule, tested) if tested else task.backbone
     if not task.test_report:  # ddp_spawn: the test ran in worker processes, only its logged metrics came back
         task.collect_test_outputs(deployable, datamodule.test_dataloader(), trainer.precision_plugin)
-    sample = next(iter(datamodule.test_dataloader()))[0]
+    sample = first_test_inputs(datamodule)
     summary.update(
         status="completed",
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

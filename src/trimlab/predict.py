@@ -21,9 +21,9 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deplo
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader
 
+    from trimlab.batches import forward
     from trimlab.checkpoints import load_weights
     from trimlab.compare import check_writable
-    from trimlab.cost import call
     from trimlab.evaluate import checkpoint_path, is_compressed, load_run
     from trimlab.pipeline import make_backbone
     from trimlab.report import write_text
@@ -48,7 +48,7 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deplo
 
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=datamodule.collate)
     with torch.inference_mode():
-        probs = torch.cat([call(model, batch_inputs).float().softmax(-1) for batch_inputs, _ in loader])
+        probs = torch.cat([forward(model, batch_inputs).float().softmax(-1) for batch_inputs, _ in loader])
     confidence, index = probs.max(-1)
 
     buffer = io.StringIO()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trimlab.batches import forward
 from trimlab.metrics import classification_metrics, sklearn_report
 
 
@@ -62,7 +63,7 @@ class ClassificationTask(pl.LightningModule):
         fully_shard(self.backbone, mesh=mesh)
 
     def forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.backbone(**inputs) if isinstance(inputs, dict) else self.backbone(inputs)
+        return forward(self.backbone, inputs)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
@@ -126,7 +127,7 @@ class ClassificationTask(pl.LightningModule):
         with precision.forward_context():
             for inputs, target in loader:
                 inputs = precision.convert_input(inputs)
-                logits = backbone(**inputs) if isinstance(inputs, dict) else backbone(inputs)
+                logits = forward(backbone, inputs)
                 self._test_probs.append(logits.float().softmax(-1).cpu())
                 self._test_targets.append(target.cpu())
         self.test_probs, self.test_targets = torch.cat(self._test_probs).numpy(), torch.cat(self._test_targets).numpy()

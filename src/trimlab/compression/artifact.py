@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trimlab.cost import take
+from trimlab.batches import take
 from trimlab.errors import CheckpointError, ConfigError
 
 FOLDER, RECIPE = "compressed", "recipe.json"

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from trimlab.batches import first_test_inputs, forward
 from trimlab.compression import Context, Stage, artifact, max_length, resolved_cost_cfg
 from trimlab.cost import inference_cost
 from trimlab.metrics import classification_metrics, sklearn_report
@@ -31,7 +32,7 @@ def evaluate_model(model: nn.Module, datamodule: Any) -> dict[str, Any]:
     metrics = classification_metrics(datamodule.num_classes, "test/")
     probs, targets, losses = [], [], []
     for inputs, target in datamodule.test_dataloader():
-        logits = (model(**inputs) if isinstance(inputs, dict) else model(inputs)).float()
+        logits = forward(model, inputs).float()
         losses.append(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
         probs.append(logits.softmax(-1))
         targets.append(target)
@@ -44,10 +45,6 @@ def evaluate_model(model: nn.Module, datamodule: Any) -> dict[str, Any]:
     result.update(per_class=report["per_class"], confusion_matrix=report["confusion_matrix"])
     result["test_samples"] = int(len(all_targets))
     return {"metrics": result, "probs": all_probs, "targets": all_targets}
-
-
-def first_inputs(datamodule: Any) -> Any:
-    return next(iter(datamodule.test_dataloader()))[0]
 
 
 def deployable_size(model: nn.Module, exported: bool, sample: Any, length: int) -> int:
@@ -125,12 +122,12 @@ def compress(cfg: Any, stages: list[Stage], model: nn.Module, datamodule: Any, r
     """Apply the stages; return the summary's compression record, the final metrics and cost, and the
     reloaded artifact's test outputs (for plots)."""
     cost_cfg = resolved_cost_cfg(cfg)
-    sample, length = first_inputs(datamodule), max_length(datamodule)
+    sample, length = first_test_inputs(datamodule), max_length(datamodule)
     context = Context(cfg, datamodule, run_dir, sample, finetune(cfg, datamodule, task.distillation, run_dir))
     base_model, base_data, base_name = stages[0].baseline(model, datamodule)
     base_model.eval()
     base_metrics = evaluate_model(base_model, base_data)["metrics"]
-    base_cost = stage_cost(base_model, None, first_inputs(base_data), cost_cfg, {}, max_length(base_data))
+    base_cost = stage_cost(base_model, None, first_test_inputs(base_data), cost_cfg, {}, max_length(base_data))
     metrics_after, cost_after, previous_cost, previous_metrics = {}, {}, base_cost, base_metrics
     for stage in stages:
         started = time.perf_counter()

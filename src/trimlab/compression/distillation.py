@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from trimlab.batches import forward
 from trimlab.compression import Stage
 from trimlab.compression_checks import check_teacher_dir
 from trimlab.errors import ConfigError
@@ -38,7 +39,7 @@ class DistillationLoss:
     def teacher_logits(self, inputs: Any, device: torch.device) -> torch.Tensor:
         self.teacher.to(device).eval()
         with torch.no_grad():
-            return self.teacher(**inputs) if isinstance(inputs, dict) else self.teacher(inputs)
+            return forward(self.teacher, inputs)
 
     def __call__(
         self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None, inputs
@@ -196,5 +197,5 @@ def predict_logits(model: nn.Module, dataset: Dataset, collate: Any, batch_size:
     model.eval()
     outputs = []
     for inputs, _ in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        outputs.append((model(**inputs) if isinstance(inputs, dict) else model(inputs)).float())
+        outputs.append(forward(model, inputs).float())
     return torch.cat(outputs)

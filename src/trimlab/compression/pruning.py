@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from trimlab.batches import first_test_inputs
 from trimlab.compression import (
     Context,
     Stage,
@@ -168,7 +169,7 @@ class PruneStructured(Stage):
                 f"prune_structured cannot prune {type(model).__name__} (a pretrained encoder's attention heads "
                 "would be cut unevenly); distill it into model=transformer and prune that, or use prune"
             )
-        self.check_model(model.eval(), example_batch(next(iter(datamodule.test_dataloader()))[0]))
+        self.check_model(model.eval(), example_batch(first_test_inputs(datamodule)))
         model.train()
 
     def check_model(self, model: nn.Module, example: Any) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from trimlab.batches import first_test_inputs, forward
 from trimlab.compression import Context, Stage, check_count, check_positive, max_length
 from trimlab.compression.artifact import export_program, strip_dead_weights
-from trimlab.cost import call
 
 _LIFT_PASS: list[Any] = []  # the inductor pass torchao's x86 quantizer installs process-wide on import
 
@@ -53,7 +53,7 @@ def calibrate(prepared: nn.Module, context: Context, batches: int) -> None:
     """Observers see activations of train batches (never test ones)."""
     with torch.no_grad():
         for batch in islice(context.datamodule.train_dataloader(), max(1, batches)):
-            call(prepared, batch[0])
+            forward(prepared, batch[0])
 
 
 def int8_ops(graph_module: torch.fx.GraphModule) -> dict[str, int]:
@@ -72,7 +72,7 @@ class Exported(Stage):
     exports = True
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
-        export_program(model.eval(), next(iter(datamodule.test_dataloader()))[0], max_length(datamodule))
+        export_program(model.eval(), first_test_inputs(datamodule), max_length(datamodule))
         model.train()
 
 
