@@ -27,7 +27,7 @@ def test_monitoring_a_score_keeps_the_highest(tmp_path):
 
 
 def test_checkpoint_record_is_relative_inside_the_run_dir(tmp_path):
-    from trimlab.pipeline import checkpoint_record
+    from trimlab.summary import checkpoint_record
 
     assert checkpoint_record(str(tmp_path / "run" / "checkpoints" / "best.ckpt"), tmp_path / "run") == (
         "checkpoints/best.ckpt"

@@ -53,17 +53,16 @@ def evaluate(run_dir: Path, ckpt: str = "deployed", data_root: str | None = None
     from hydra.utils import instantiate
 
     from trimlab.checkpoints import load_weights
-    from trimlab.cost import RunClock
-    from trimlab.pipeline import build, test_metrics
+    from trimlab.evaluation import evaluate_model
+    from trimlab.pipeline import build
 
     cfg, summary = load_run(run_dir, data_root)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg, artifacts_from=run_dir)
     if is_compressed(ckpt, summary):
         from trimlab.compression import artifact
-        from trimlab.compression.chain import evaluate_model
 
-        metrics = evaluate_model(artifact.load(run_dir, cfg, datamodule), datamodule)["metrics"]
+        metrics = evaluate_model(artifact.load(run_dir, cfg, datamodule), datamodule).metrics
         return compare(run_dir, summary, metrics, run_dir / summary["compression"]["artifact"]["path"])
     path = checkpoint_path(run_dir, ckpt, summary)
     load_weights(task, path)
@@ -80,7 +79,7 @@ def evaluate(run_dir: Path, ckpt: str = "deployed", data_root: str | None = None
         default_root_dir=str(run_dir),
     )
     trainer.test(task, datamodule=datamodule, verbose=False)
-    return compare(run_dir, summary, test_metrics(trainer, task, RunClock()), path)
+    return compare(run_dir, summary, task.test_record.metrics, path)
 
 
 def compare(run_dir: Path, summary: dict[str, Any], metrics: dict[str, Any], path: Path) -> dict[str, Any]:

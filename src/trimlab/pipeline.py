@@ -1,4 +1,4 @@
-"""One run, top to bottom: build → fit → test → measure cost → report.
+"""One run, top to bottom, in phases: build → fit → test → measure → compress → report.
 
 `train` is what `trimlab-train` runs inside its Hydra job; tests call it directly with a composed config.
 Compression stages (see `compression`) may change the fit and transform the tested model into the deployed one.
@@ -7,28 +7,28 @@ Compression stages (see `compression`) may change the fit and transform the test
 from __future__ import annotations
 
 import logging
-import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
 from trimlab import compression, guards, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
 from trimlab.batches import first_test_inputs
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
-from trimlab.checks import smoke_test_stand_ins, validate_config
+from trimlab.checks import validate_config
 from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.csv_logger import CSVLogger
 from trimlab.data.base import ClassificationDataModule
 from trimlab.errors import ConfigError, Interrupted
+from trimlab.evaluation import evaluate_model
 from trimlab.factory import build, make, make_backbone
-from trimlab.redaction import redact, redact_overrides
 from trimlab.resume import source_run_dir
+from trimlab.summary import RunRecord, Trained, completed, new_summary
 from trimlab.task import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -40,36 +40,18 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
-    configured = (cfg.get("callbacks") or {}).items()
-    callbacks = [make(c, f"callbacks.{name}") for name, c in configured if c is not None and "_target_" in c]
-    if not loggers:
-        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    if not cfg.trainer.get("enable_progress_bar", True):
-        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
-    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [guards.AtomicCheckpointIO()]}
-    return make(cfg.trainer, "trainer", callbacks=callbacks + extra_callbacks, logger=loggers or False, **plugins)
+@dataclass
+class Run:
+    """What the build phase makes and every later phase uses."""
 
-
-def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str]) -> dict[str, Any]:
-    """The run's first record; a fast_dev_run's stand-ins for another run's output are set here, and listed."""
-    stand_ins = smoke_test_stand_ins(cfg)
-    for note in stand_ins:
-        log.warning(note)
-    try:
-        config = redact(OmegaConf.to_container(cfg, resolve=True))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"the config does not resolve: {' '.join(str(err).split())}") from err
-    return {
-        "status": "running",
-        "run_id": run_id,
-        "run_dir": str(run_dir.absolute()),
-        "task_name": cfg.task_name,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "overrides": redact_overrides(overrides),
-        "config": config,
-        **({"stand_ins": stand_ins} if stand_ins else {}),
-    }
+    cfg: DictConfig
+    run_dir: Path
+    datamodule: ClassificationDataModule | None = None
+    task: ClassificationTask | None = None
+    stages: list = field(default_factory=list)
+    loggers: list = field(default_factory=list)
+    trainer: pl.Trainer | None = None
+    clock: RunClock = field(default_factory=lambda: RunClock("val/acc"))
 
 
 def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -80,100 +62,115 @@ def train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | No
 
 def _train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | None) -> dict[str, Any]:
     rundir.set_run_id(run_id)  # `${run_id:}` in the config (W&B id, run name) resolves to this run's id
-    summary_path = run_dir / "summary.json"
-    summary: dict[str, Any] = {"status": "failed", "run_id": run_id, "run_dir": str(run_dir.absolute())}
-    # A resume that fails before training starts (e.g. a checkpoint of another model) leaves the run's record as is.
-    started, writer, loggers, trainer = False, True, [], None
+    record, run = RunRecord(cfg, run_dir, run_id), Run(cfg, run_dir)
     try:
-        summary = new_summary(cfg, run_dir, run_id, overrides or [])
-        validate_config(cfg)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, task, stages = build_run(cfg, run_dir)
-        resumed = starting_point(cfg, summary, task, datamodule)
-        loggers = build_loggers(cfg, resumed)
-        clock = RunClock("val/acc")
-        trainer = build_trainer(cfg, [clock, RNGState(), *finetune_callbacks(cfg)], loggers)
-        writer = trainer.is_global_zero
-        started = True
-        if writer:
-            report.write_json(summary_path, summary)
-            datamodule.save_artifacts(run_dir)  # before fit: a resume must find the tokenizer it trained with
-        if semi.enabled(cfg):  # round 1 on the labelled part; the fit below is round 2
-            summary["semi_supervised"] = semi.first_round(
-                cfg, datamodule, task, run_dir, lambda extra: build_trainer(cfg, [*extra, *finetune_callbacks(cfg)], [])
-            )
-        for stage in stages:
-            stage.wrap(task, datamodule)
-        fitted = fit_and_test(cfg, trainer, task, datamodule, clock)
-        if not writer:
-            return summary
-        deployable = record_completed(summary, cfg, trainer, task, datamodule, clock, stages, fitted, run_dir)
-        probs, targets = task.test_probs, task.test_targets
-        if stages:
-            probs, targets = apply_compression(summary, cfg, stages, deployable, datamodule, run_dir, task)
-        report_to(loggers, summary, run_dir, probs, targets, datamodule.class_names, trainer.global_step)
+        record.summary = new_summary(cfg, run_dir, run_id, overrides or [])
+        resumed = build_run(run, record.summary)
+        record.start(writer=run.trainer.is_global_zero)
+        if record.writer:
+            run.datamodule.save_artifacts(run_dir)  # before fit: a resume must find the tokenizer it trained with
+        fit(run, record.summary, resumed)
+        trained = test(run)
+        if not record.writer:
+            return record.summary
+        deployable, cost = measure_cost(run, trained)
+        compressed = compress(run, deployable) if run.stages else None
+        record.summary.update(completed(run, trained, cost, compressed))
+        report_run(run, record.summary, compressed.final if compressed else trained.record)
     except BaseException as err:
-        raised = guards.recorded_failure(err, summary, trainer, run_dir)
+        raised = guards.recorded_failure(err, record.summary, run.trainer, run_dir)
         if raised is err:
             raise
         raise raised from (None if isinstance(raised, Interrupted) else err)
     finally:
-        resumed_before_start = not started and summary_path.exists() and cfg.get("ckpt_path")
-        if writer and not resumed_before_start:
-            report.write_json(summary_path, summary)
-        run_loggers.finish(loggers, summary["status"])
+        record.save()
+        run_loggers.finish(run.loggers, record.summary["status"])
         leave_process_group()
-    report.print_table(summary)
-    print(summary["run_dir"], flush=True)
-    return summary
+    report.print_table(record.summary)
+    print(record.summary["run_dir"], flush=True)
+    return record.summary
 
 
-def build_run(cfg: DictConfig, run_dir: Path) -> tuple[ClassificationDataModule, ClassificationTask, list]:
-    """Data, task and compression stages; a stage that cannot apply fails now, not after the fit."""
+def build_run(run: Run, summary: dict) -> dict | None:
+    """Data, task, stages, loggers and trainer; a stage that cannot apply fails now, not after the fit.
+    Returns the checkpoint a resumed run continues from."""
+    cfg = run.cfg
+    validate_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
-    datamodule, task = build(cfg, compile=True, artifacts_from=source_run_dir(cfg, run_dir))
-    stages = compression.build_stages(cfg)
-    for stage in stages:
-        stage.check(datamodule, task.backbone)
-    return datamodule, task, stages
+    run.datamodule, run.task = build(cfg, compile=True, artifacts_from=source_run_dir(cfg, run.run_dir))
+    run.stages = compression.build_stages(cfg)
+    for stage in run.stages:
+        stage.check(run.datamodule, run.task.backbone)
+    resumed = starting_point(cfg, summary, run.task, run.datamodule)
+    run.loggers = build_loggers(cfg, resumed)
+    run.trainer = build_trainer(cfg, [run.clock, RNGState(), *finetune_callbacks(cfg)], run.loggers)
+    return resumed
 
 
-def record_completed(
-    summary: dict,
-    cfg: DictConfig,
-    trainer: pl.Trainer,
-    task: ClassificationTask,
-    datamodule,
-    clock: RunClock,
-    stages: list,
-    fitted: tuple,
-    run_dir: Path,
-) -> torch.nn.Module:
-    """The summary of a finished fit: test metrics, cost, environment; returns the deployable (tested) model."""
-    tested, device, peaks = fitted
-    deployable = deployable_backbone(cfg, datamodule, tested) if tested else task.backbone
-    if not task.test_report:  # ddp_spawn: the test ran in worker processes, only its logged metrics came back
-        task.collect_test_outputs(deployable, datamodule.test_dataloader(), trainer.precision_plugin)
+def fit(run: Run, summary: dict, resumed: dict | None) -> None:
+    """Pseudo-labelling's first round when asked, the stages' hooks into the fit, then the fit itself."""
+    cfg, datamodule, task = run.cfg, run.datamodule, run.task
+    if semi.enabled(cfg):  # round 1 on the labelled part; the fit below is round 2
+        summary["semi_supervised"] = semi.first_round(
+            cfg, datamodule, task, run.run_dir, lambda extra: build_trainer(cfg, [*extra, *finetune_callbacks(cfg)], [])
+        )
+    for stage in run.stages:
+        stage.wrap(task, datamodule)
+    run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+
+
+def test(run: Run) -> Trained:
+    """Test the chosen checkpoint on every rank; each reports its peak memory (a collective: all ranks get here)."""
+    trainer = run.trainer
+    device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
+    tested = test_checkpoint(trainer, run.cfg.get("test_ckpt", "best"))
+    fit_clock = run.clock.state_dict()
+    trainer.test(run.task, datamodule=run.datamodule, ckpt_path=tested, verbose=False, weights_only=True)
+    run.clock.load_state_dict(fit_clock)  # testing a checkpoint restores callbacks: the clock as of that epoch
+    local_peak = torch.tensor([peak_memory_mb(device)], device=device)
+    return Trained(tested, run.task.test_record, device, trainer.strategy.all_gather(local_peak).flatten().tolist())
+
+
+def measure_cost(run: Run, trained: Trained) -> tuple[torch.nn.Module, dict]:
+    """The deployable model (the tested weights, unwrapped) and the cost block; with stages, the fit's part only
+    (the ledger measures the serving cost of each model)."""
+    cfg, datamodule, trainer = run.cfg, run.datamodule, run.trainer
+    deployable = deployable_backbone(cfg, datamodule, trained.checkpoint) if trained.checkpoint else run.task.backbone
+    if trained.record is None:  # ddp_spawn: the test ran in worker processes, only its logged metrics came back
+        trained.record = evaluate_model(deployable, datamodule, trainer.precision_plugin)
     sample = first_test_inputs(datamodule)
-    summary.update(
-        status="completed",
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        checkpoint=checkpoint_record(tested, run_dir),
-        data=datamodule.facts(),
-        metrics=test_metrics(trainer, task, clock),
-        cost=measure(deployable, sample, clock, cfg.cost, device, trainer.precision_plugin, peaks, not stages),
-        env={**report.environment(cfg.seed, datamodule.data_fingerprint, device), **execution(trainer)},
-    )
-    return deployable
+    precision = trainer.precision_plugin
+    cost = measure(deployable, sample, run.clock, cfg.cost, trained.device, precision, trained.peaks, not run.stages)
+    return deployable, cost
 
 
-def report_to(loggers: list, summary: dict, run_dir: Path, probs, targets, class_names: list, step: int) -> None:
-    """Plots and per-example predictions in the run dir; the same final keys and images to every logger."""
-    report.save_plots(run_dir, probs, targets, class_names)
-    report.save_predictions(run_dir, probs, targets)
+def compress(run: Run, deployable: torch.nn.Module):
+    """The stages applied to the tested model, each measured: a `compression.chain.Compressed`."""
+    from trimlab.compression.chain import compress as run_stages
+
+    return run_stages(run.cfg, run.stages, deployable.cpu(), run.datamodule, run.run_dir, run.task)
+
+
+def report_run(run: Run, summary: dict, tested) -> None:
+    """Plots and per-example predictions of the deployed model; the same final keys and images to every logger."""
+    run_dir, class_names = run.run_dir, run.datamodule.class_names
+    report.save_plots(run_dir, tested.probs, tested.targets, class_names)
+    report.save_predictions(run_dir, tested.probs, tested.targets)
     hparams = {"run_id": summary["run_id"], "overrides": " ".join(summary["overrides"]), **summary["config"]}
-    run_loggers.log_final(loggers, report.flat_scores(summary), hparams, step)
-    run_loggers.log_images(loggers, {name: run_dir / f"{name}.png" for name in ("confusion_matrix", "roc")})
+    run_loggers.log_final(run.loggers, report.flat_scores(summary), hparams, run.trainer.global_step)
+    run_loggers.log_images(run.loggers, {name: run_dir / f"{name}.png" for name in ("confusion_matrix", "roc")})
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+    configured = (cfg.get("callbacks") or {}).items()
+    callbacks = [make(c, f"callbacks.{name}") for name, c in configured if c is not None and "_target_" in c]
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [guards.AtomicCheckpointIO()]}
+    return make(cfg.trainer, "trainer", callbacks=callbacks + extra_callbacks, logger=loggers or False, **plugins)
 
 
 def starting_point(cfg: DictConfig, summary: dict, task: ClassificationTask, datamodule) -> dict | None:
@@ -196,64 +193,11 @@ def build_loggers(cfg: DictConfig, resumed: dict | None) -> list[Any]:
     return loggers
 
 
-def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, task: ClassificationTask, datamodule, clock: RunClock):
-    """Fit, test the chosen checkpoint; returns it, the device, and every rank's peak memory."""
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    device = trainer.strategy.root_device  # before test: teardown moves the module back to CPU
-    tested = test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
-    fit_clock = clock.state_dict()
-    trainer.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False, weights_only=True)
-    clock.load_state_dict(fit_clock)  # testing a checkpoint restores callbacks: the clock as of that epoch
-    # Every rank reports its peak memory (a collective: all ranks must get here).
-    local_peak = torch.tensor([peak_memory_mb(device)], device=device)
-    return tested, device, trainer.strategy.all_gather(local_peak).flatten().tolist()
-
-
-def leave_process_group() -> None:
-    """Each rank leaves the process group itself: left to interpreter exit, a rank can abort in gloo's teardown
-    ("terminate called without an active exception"), and Lightning then kills the rank still writing the run."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def apply_compression(summary: dict, cfg: DictConfig, stages: list, model, datamodule, run_dir: Path, task) -> tuple:
-    """Compress the tested model; its final metrics and cost replace the trained model's in the summary."""
-    from trimlab.compression.chain import compress
-
-    result = compress(cfg, stages, model.cpu(), datamodule, run_dir, task)
-    fit_keys = ("train", "time_to", "first_step", "step_", "peak_mem", "processes", "price")
-    training = {k: v for k, v in summary["cost"].items() if k.startswith(fit_keys)}
-    stage_seconds = sum(cost["stage_time_s"] for cost in result["cost_after"].values())
-    summary["compression"] = result["record"]
-    trained = summary["metrics"]
-    summary["metrics"] = {
-        **result["final"]["metrics"],
-        **{k: v for k, v in trained.items() if k.startswith("train/")},
-        # The trained (uncompressed) model's test metrics: what trimlab-eval ckpt=best reproduces.
-        "trained": {k: v for k, v in trained.items() if k.startswith("test/")},
-        "baseline": result["baseline_metrics"],
-        "after": result["metrics_after"],
-    }
-    summary["cost"] = {
-        **result["final_cost"], **training, "compression_time_s": round(stage_seconds, 3),
-        "baseline": result["baseline_cost"], "after": result["cost_after"],
-    }  # fmt: skip
-    return result["final"]["probs"], result["final"]["targets"]
-
-
 def finetune_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     freeze_epochs = int((cfg.get("finetune") or {}).get("freeze_epochs") or 0)
     if freeze_epochs < 0:
         raise ConfigError(f"finetune.freeze_epochs={freeze_epochs} must be >= 0")
     return [transfer.FreezeBackbone(freeze_epochs)] if freeze_epochs else []
-
-
-def checkpoint_record(tested: str | None, run_dir: Path) -> str | None:
-    """Relative to the run dir when it lies inside (run dirs move); absolute for a checkpoint from elsewhere."""
-    if not tested:
-        return None
-    path = Path(tested).absolute()
-    return str(path.relative_to(run_dir.absolute())) if path.is_relative_to(run_dir.absolute()) else str(path)
 
 
 def deployable_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, checkpoint: str):
@@ -267,18 +211,6 @@ def deployable_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, c
     return backbone
 
 
-def execution(trainer: pl.Trainer) -> dict[str, Any]:
-    """How the run actually executed: Lightning may change what was asked (16-mixed becomes bf16 on CPU)."""
-    return {
-        "precision": trainer.precision,
-        "strategy": type(trainer.strategy).__name__,
-        "accelerator": type(trainer.accelerator).__name__,
-        "world_size": trainer.world_size,
-        "num_nodes": trainer.num_nodes,
-        "devices_per_node": trainer.num_devices,
-    }
-
-
 def test_checkpoint(trainer: pl.Trainer, which: str | None) -> str | None:
     """The checkpoint whose weights are tested and deployed: the best by the monitored metric, last, or a path."""
     callback = trainer.checkpoint_callback
@@ -290,13 +222,8 @@ def test_checkpoint(trainer: pl.Trainer, which: str | None) -> str | None:
     return str(which)
 
 
-def test_metrics(trainer: pl.Trainer, task: ClassificationTask, clock: RunClock) -> dict[str, Any]:
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    sk = task.test_report
-    metrics["sklearn"] = {k: sk[k] for k in ("acc", "precision_macro", "recall_macro", "f1_macro", "auroc_macro")}
-    metrics["per_class"] = sk["per_class"]
-    metrics["confusion_matrix"] = sk["confusion_matrix"]
-    metrics["test_samples"] = int(len(task.test_targets))
-    if clock.last_loss is not None:
-        metrics["train/loss_final"] = float(clock.last_loss)
-    return metrics
+def leave_process_group() -> None:
+    """Each rank leaves the process group itself: left to interpreter exit, a rank can abort in gloo's teardown
+    ("terminate called without an active exception"), and Lightning then kills the rank still writing the run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trimlab.batches import forward
-from trimlab.metrics import classification_metrics, sklearn_report
+from trimlab.evaluation import TestRecord, test_record
+from trimlab.metrics import classification_metrics
 
 
 class ClassificationTask(pl.LightningModule):
@@ -40,10 +41,9 @@ class ClassificationTask(pl.LightningModule):
         # Per-step train metrics cost ~25% of a small CNN's CPU step (experiments/overhead); they can be turned off.
         self.train_metrics = classification_metrics(num_classes, "train/", with_auroc=False) if train_metrics else None
         self.val_metrics = classification_metrics(num_classes, "val/")
-        self.test_metrics = classification_metrics(num_classes, "test/")
-        self._test_probs: list[torch.Tensor] = []
+        self._test_logits: list[torch.Tensor] = []
         self._test_targets: list[torch.Tensor] = []
-        self.test_report: dict = {}
+        self.test_record: TestRecord | None = None  # set at the end of the test loop (trimlab.evaluation)
         # Set by the distill stage: a plain object (not a module), so a teacher is never trained or saved here.
         self.distillation: Callable[..., torch.Tensor] | None = None
 
@@ -102,37 +102,18 @@ class ClassificationTask(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         inputs, target = batch
-        logits = self(inputs)
-        self.log("test/loss", self.loss(logits, target), batch_size=target.shape[0], sync_dist=True)
-        probs = logits.float().softmax(-1)
-        self.test_metrics.update(probs, target)
-        self._test_probs.append(probs.cpu())
+        self._test_logits.append(self(inputs).float().cpu())
         self._test_targets.append(target.cpu())
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)  # computed = already synced; same values
-        self.test_metrics.reset()
-        probs, targets = torch.cat(self._test_probs), torch.cat(self._test_targets)
+        """Every rank's logits gathered, then one test record (the same function scores a compressed model)."""
+        logits, targets = torch.cat(self._test_logits), torch.cat(self._test_targets)
+        self._test_logits, self._test_targets = [], []
         if self.trainer.world_size > 1:
-            probs = self.all_gather(probs).flatten(0, 1)
-            targets = self.all_gather(targets).flatten(0, 1)
-        self._test_probs, self._test_targets = [], []
-        self.test_probs, self.test_targets = probs.cpu().numpy(), targets.cpu().numpy()
-        self.test_report = sklearn_report(self.test_probs, self.test_targets, self.class_names)
-
-    @torch.inference_mode()
-    def collect_test_outputs(self, backbone: nn.Module, loader, precision) -> None:
-        """Probabilities and the scikit-learn report from one process, when the test ran in spawned workers."""
-        backbone.eval()
-        with precision.forward_context():
-            for inputs, target in loader:
-                inputs = precision.convert_input(inputs)
-                logits = forward(backbone, inputs)
-                self._test_probs.append(logits.float().softmax(-1).cpu())
-                self._test_targets.append(target.cpu())
-        self.test_probs, self.test_targets = torch.cat(self._test_probs).numpy(), torch.cat(self._test_targets).numpy()
-        self._test_probs, self._test_targets = [], []
-        self.test_report = sklearn_report(self.test_probs, self.test_targets, self.class_names)
+            logits = self.all_gather(logits.to(self.device)).flatten(0, 1)
+            targets = self.all_gather(targets.to(self.device)).flatten(0, 1)
+        self.test_record = test_record(logits, targets, self.class_names)
+        self.log_dict(self.test_record.scores(), sync_dist=True)  # equal on every rank: the mean is the value
 
     def configure_optimizers(self):
         # Every weight, frozen ones included: with no gradient they are skipped, and unfreezing one later

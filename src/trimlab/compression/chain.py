@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,37 +15,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from trimlab.batches import first_test_inputs, forward
+from trimlab.batches import first_test_inputs
 from trimlab.compression import Context, Stage, artifact, max_length, resolved_cost_cfg
 from trimlab.cost import inference_cost
-from trimlab.metrics import classification_metrics, sklearn_report
+from trimlab.evaluation import TestRecord, evaluate_model
 
 log = logging.getLogger(__name__)
 HEADLINE = ("test/acc", "test/f1_macro", "test/auroc_macro")
 CARRIED = ("params", "trainable_params", "nonzero_params", "flops_per_sample")  # a quantized graph hides these
-
-
-@torch.inference_mode()
-def evaluate_model(model: nn.Module, datamodule: Any) -> dict[str, Any]:
-    """Test metrics of any callable model (eager, exported or quantized), as the summary records them."""
-    if not isinstance(model, torch.fx.GraphModule):  # an exported program refuses .eval(): it is fixed already
-        model.eval()
-    metrics = classification_metrics(datamodule.num_classes, "test/")
-    probs, targets, losses = [], [], []
-    for inputs, target in datamodule.test_dataloader():
-        logits = forward(model, inputs).float()
-        losses.append(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-        probs.append(logits.softmax(-1))
-        targets.append(target)
-        metrics.update(probs[-1], target)
-    result = {k: float(v) for k, v in metrics.compute().items()}
-    all_probs, all_targets = torch.cat(probs).numpy(), torch.cat(targets).numpy()
-    result["test/loss"] = float(torch.stack(losses).sum() / len(all_targets))
-    report = sklearn_report(all_probs, all_targets, datamodule.class_names)
-    result["sklearn"] = {k: report[k] for k in ("acc", "precision_macro", "recall_macro", "f1_macro", "auroc_macro")}
-    result.update(per_class=report["per_class"], confusion_matrix=report["confusion_matrix"])
-    result["test_samples"] = int(len(all_targets))
-    return {"metrics": result, "probs": all_probs, "targets": all_targets}
 
 
 def deployable_size(model: nn.Module, exported: bool, sample: Any, length: int) -> int:
@@ -118,22 +96,49 @@ def finetune(cfg: Any, datamodule: Any, distillation: Any, run_dir: Any) -> Any:
     return run
 
 
-def compress(cfg: Any, stages: list[Stage], model: nn.Module, datamodule: Any, run_dir: Any, task: Any) -> dict:
-    """Apply the stages; return the summary's compression record, the final metrics and cost, and the
-    reloaded artifact's test outputs (for plots)."""
+@dataclass
+class Compressed:
+    """What the stages made: the ledger (metrics and cost of the baseline and after each stage), the saved
+    artifact, and the reloaded artifact's test record (the deployed model's figures)."""
+
+    stages: list[str]
+    artifact: dict[str, Any]
+    baseline: str
+    baseline_metrics: dict[str, Any]
+    baseline_cost: dict[str, Any]
+    metrics_after: dict[str, dict]
+    cost_after: dict[str, dict]
+    final: TestRecord
+    improvement: dict[str, Any]
+
+    @property
+    def final_cost(self) -> dict[str, Any]:
+        return {**self.cost_after[self.stages[-1]], "size_bytes": self.artifact["size_bytes"]}
+
+    def stage_seconds(self) -> float:
+        return round(sum(cost["stage_time_s"] for cost in self.cost_after.values()), 3)
+
+    def record(self) -> dict[str, Any]:
+        """The summary's `compression` block."""
+        return {"stages": self.stages, "artifact": self.artifact, "baseline": self.baseline,
+                "improvement": self.improvement}  # fmt: skip
+
+
+def compress(cfg: Any, stages: list[Stage], model: nn.Module, datamodule: Any, run_dir: Any, task: Any) -> Compressed:
+    """Apply the stages in order, each measured like the baseline; save, reload and re-test the result."""
     cost_cfg = resolved_cost_cfg(cfg)
     sample, length = first_test_inputs(datamodule), max_length(datamodule)
     context = Context(cfg, datamodule, run_dir, sample, finetune(cfg, datamodule, task.distillation, run_dir))
     base_model, base_data, base_name = stages[0].baseline(model, datamodule)
     base_model.eval()
-    base_metrics = evaluate_model(base_model, base_data)["metrics"]
+    base_metrics = evaluate_model(base_model, base_data).metrics
     base_cost = stage_cost(base_model, None, first_test_inputs(base_data), cost_cfg, {}, max_length(base_data))
     metrics_after, cost_after, previous_cost, previous_metrics = {}, {}, base_cost, base_metrics
     for stage in stages:
         started = time.perf_counter()
         model = stage.apply(model, context)
         seconds = time.perf_counter() - started
-        result = evaluate_model(model, datamodule)["metrics"]
+        result = evaluate_model(model, datamodule).metrics
         cost = stage_cost(model, stage, sample, cost_cfg, previous_cost, length)
         cost["stage_time_s"] = round(seconds, 3)
         metrics_after[stage.name] = {**headline(result, previous_metrics), "facts": stage.facts()}
@@ -141,20 +146,12 @@ def compress(cfg: Any, stages: list[Stage], model: nn.Module, datamodule: Any, r
         previous_cost, previous_metrics = cost, result
         log.info("after %s: acc %.4f, latency %.3f ms", stage.name, result["test/acc"], cost["latency_ms_p50"])
     names = [stage.name for stage in stages]
-    exported = any(s.exports for s in stages)
     with artifact.staged(run_dir) as folder:  # compressed/ appears only once the reloaded model tests cleanly
-        saved = artifact.save(model, exported, sample, folder, names, length)
+        saved = artifact.save(model, any(s.exports for s in stages), sample, folder, names, length)
         final = evaluate_model(artifact.load(folder.parent, cfg, datamodule, folder), datamodule)
-    return {
-        "record": {"stages": names, "artifact": saved, "baseline": base_name,
-                   "improvement": improvement(base_cost, previous_cost, saved, base_metrics, final["metrics"])},
-        "baseline_metrics": headline(base_metrics, {}),
-        "metrics_after": metrics_after,
-        "baseline_cost": base_cost,
-        "cost_after": cost_after,
-        "final_cost": {**previous_cost, "size_bytes": saved["size_bytes"]},
-        "final": final,
-    }  # fmt: skip
+    gains = improvement(base_cost, previous_cost, saved, base_metrics, final.metrics)
+    return Compressed(names, saved, base_name, headline(base_metrics, {}), base_cost, metrics_after, cost_after,
+                      final, gains)  # fmt: skip
 
 
 def improvement(base: dict, last: dict, saved: dict, base_metrics: dict, final_metrics: dict) -> dict[str, Any]:
