@@ -17,11 +17,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trimlab import compression, guards, report, rundir, semi, transfer
+from trimlab import guards, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
 from trimlab.batches import first_test_inputs
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
 from trimlab.checks import smoke_test_stand_ins, validate_config
+from trimlab.compression.registry import build_stages
 from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.csv_logger import CSVLogger
 from trimlab.data.base import ClassificationDataModule
@@ -132,7 +133,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> tuple[ClassificationDataModule,
     """Data, task and compression stages; a stage that cannot apply fails now, not after the fit."""
     # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
     datamodule, task = build(cfg, compile=True, artifacts_from=source_run_dir(cfg, run_dir))
-    stages = compression.build_stages(cfg)
+    stages = build_stages(cfg)
     for stage in stages:
         stage.check(datamodule, task.backbone)
     return datamodule, task, stages
