@@ -4,20 +4,26 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
-from trimlab.compression import Context, artifact
+from trimlab.compression import artifact
+from trimlab.compression.base import Context
 from trimlab.compression.distillation import DistillationLoss
 from trimlab.compression.pruning import GradualPruning, Prune, PruneStructured, prune_to, sparsity_of
 from trimlab.compression.quantization import BFloat16, QuantizationAwareTraining, QuantizeDynamic, QuantizeStatic
+from trimlab.compression.registry import build_stages, check_stages
 from trimlab.compression_checks import check_listed_once
 from trimlab.errors import ConfigError
 from trimlab.models.text import TransformerClassifier
 from trimlab.models.vision import SmallCNN
+
+OPTIONS = Path(__file__).resolve().parents[1] / "conf" / "compression"
 
 
 class TinyData:
@@ -105,12 +111,33 @@ def test_prune_stage_reloads_into_the_plain_model(tmp_path):
     assert torch.equal(fresh(context.sample), pruned(context.sample))
 
 
+def picked(names: list[str], knobs: dict | None = None):
+    """The `compression` node of `compression=[names]` as the option files compose it, with `knobs` set."""
+    cfg = OmegaConf.create({"compression": {}})
+    for name in names:
+        cfg.compression = OmegaConf.merge(cfg.compression, OmegaConf.load(OPTIONS / f"{name}.yaml"))
+    for key, value in (knobs or {}).items():
+        OmegaConf.update(cfg, f"compression.{key}", value)
+    return cfg
+
+
 def test_pruning_knobs_out_of_range_are_refused():
     for sparsity in (1.0, -0.1, 1.5):
-        with pytest.raises(ConfigError, match=r"sparsity.*outside \[0.0, 1.0\)"):
-            Prune(sparsity=sparsity)
+        with pytest.raises(ConfigError, match=r"compression.prune.sparsity=.* is outside \[0, 1\)"):
+            build_stages(picked(["prune"], {"prune.sparsity": sparsity}))
     with pytest.raises(ConfigError, match="channel_ratio"):
-        PruneStructured(channel_ratio=1.0)
+        build_stages(picked(["prune_structured"], {"prune_structured.channel_ratio": 1.0}))
+    stage = build_stages(picked(["prune"], {"prune.sparsity": 0.0}))[0]  # the low end is in range
+    assert isinstance(stage, Prune) and stage.sparsity == 0.0
+
+
+def test_built_stages_carry_what_their_option_files_declare():
+    prune, bf16 = build_stages(picked(["prune", "bf16"]))
+    assert (prune.name, prune.exports, prune.precision) == ("prune", False, "32-true")
+    assert (bf16.name, bf16.exports, bf16.precision) == ("bf16", True, "bf16")
+    assert [s.trains_main_fit for s in check_stages(picked(["distill", "prune"]))] == [True, False]
+    with pytest.raises(ConfigError, match="_stage_ declares export; it takes exports"):
+        check_stages(picked(["prune"], {"prune._stage_.export": True}))
 
 
 def test_structured_pruning_removes_channels_and_rebuilds_from_the_saved_shapes(tmp_path):

@@ -1,5 +1,6 @@
 """Compression settings checked from the config alone, before Hydra starts a job (torch is not imported here):
-knob ranges, stage order, one-process runs, the teacher run dir, and a stage listed twice."""
+knob ranges and stage order (both from what each stage declares, `compression.registry`), one-process runs, the
+teacher run dir, and a stage listed twice."""
 
 from __future__ import annotations
 
@@ -7,27 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from trimlab.compression.registry import check_stages
 from trimlab.errors import ConfigError
-
-EXPORTING_STAGES = ("quantize_dynamic", "quantize_static", "qat", "bf16")
 
 
 def check_compression(cfg: DictConfig) -> None:
     """Stage knobs and orders that can be judged from the config alone (model-dependent checks run before fit)."""
-    stages = cfg.get("compression") or {}
-    names = [str(k) for k, v in stages.items() if isinstance(v, DictConfig) and "_target_" in v]
-    for key in ("prune.sparsity", "prune_structured.channel_ratio"):
-        value = OmegaConf.select(cfg, f"compression.{key}", default=None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1):
-            raise ConfigError(f"compression.{key}={value!r} is outside [0, 1); set a fraction such as 0.5")
-    exporting = [n for n in names if n in EXPORTING_STAGES]
-    if exporting and (len(exporting) > 1 or names[-1] != exporting[0]):
-        raise ConfigError(
-            f"compression=[{','.join(names)}]: {exporting[0]} turns the model into an exported int8/bf16 graph that "
-            "later stages cannot change; list one such stage, last"
-        )
-    if "distill" in names[1:]:
-        raise ConfigError(f"compression=[{','.join(names)}]: distill trains the model, list it first")
+    names = [stage.name for stage in check_stages(cfg)]
     if names and multi_process(cfg):
         raise ConfigError(
             "compression runs in one process: train and compress with strategy=auto trainer.devices=1 (or compress a "

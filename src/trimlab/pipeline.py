@@ -16,11 +16,12 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
-from trimlab import compression, guards, report, rundir, semi, transfer
+from trimlab import guards, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
 from trimlab.batches import first_test_inputs
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
 from trimlab.checks import validate_config
+from trimlab.compression.registry import build_stages
 from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.csv_logger import CSVLogger
 from trimlab.data.base import ClassificationDataModule
@@ -99,7 +100,7 @@ def build_run(run: Run, summary: dict) -> dict | None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
     run.datamodule, run.task = build(cfg, compile=True, artifacts_from=source_run_dir(cfg, run.run_dir))
-    run.stages = compression.build_stages(cfg)
+    run.stages = build_stages(cfg)
     for stage in run.stages:
         stage.check(run.datamodule, run.task.backbone)
     resumed = starting_point(cfg, summary, run.task, run.datamodule)

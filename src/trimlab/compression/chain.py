@@ -16,9 +16,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from trimlab.batches import first_test_inputs
-from trimlab.compression import Context, Stage, artifact, max_length, resolved_cost_cfg
+from trimlab.compression import artifact
+from trimlab.compression.base import Context, Stage, max_length, resolved_cost_cfg
 from trimlab.cost import inference_cost
 from trimlab.evaluation import TestRecord, evaluate_model
+from trimlab.factory import make
 
 log = logging.getLogger(__name__)
 HEADLINE = ("test/acc", "test/f1_macro", "test/auroc_macro")
@@ -53,7 +55,7 @@ def stage_cost(model: nn.Module, stage: Stage | None, sample: Any, cfg: Any, pre
 
     exported = bool(stage and stage.exports)
     cost = inference_cost(model, sample, cfg, inductor=inductor_options() if exported else None)
-    cost["precision"] = "bf16" if stage is not None and stage.name == "bf16" else "32-true"
+    cost["precision"] = stage.precision if stage is not None else Stage.precision
     if exported:
         cost.update({key: previous.get(key) for key in CARRIED})
     elif cost["flops_per_sample"] is None:
@@ -76,7 +78,6 @@ def headline(metrics: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
 def finetune(cfg: Any, datamodule: Any, distillation: Any, run_dir: Any) -> Any:
     """A function the stages call to fine-tune a model: the run's task and trainer settings, `epochs` epochs,
     learning rate × `lr_factor`, no checkpoints or loggers (the stage's result is saved by `artifact`)."""
-    from trimlab.pipeline import make
 
     def run(model: nn.Module, epochs: int, callbacks: list, lr_factor: float = 1.0) -> nn.Module:
         task_cfg = OmegaConf.to_container(cfg.task, resolve=True)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trimlab.batches import forward
-from trimlab.compression import Stage
+from trimlab.compression.base import Stage
 from trimlab.compression_checks import check_teacher_dir
 from trimlab.errors import ConfigError
 
@@ -70,7 +70,7 @@ class WithTeacherLogits(Dataset):
 
 
 class Distill(Stage):
-    trains_main_fit = True
+    """Acts during the main fit (its option file declares `trains_main_fit`): listed first."""
 
     def __init__(self, teacher: str | None = None, temperature: float = 4.0, alpha: float = 0.7, cache: bool = True,
                  cache_dir: str | None = None, untrained_teacher: bool = False) -> None:  # fmt: skip
@@ -184,7 +184,7 @@ def load_teacher(run_dir: Path) -> tuple[nn.Module, Any]:
     """The teacher's backbone with its tested weights, and its DataModule (its own tokenizer, from its run dir)."""
     from trimlab.checkpoints import load_weights
     from trimlab.evaluate import load_run
-    from trimlab.pipeline import build
+    from trimlab.factory import build
 
     cfg, _ = load_run(run_dir)
     datamodule, task = build(cfg, artifacts_from=run_dir)

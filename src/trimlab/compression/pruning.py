@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from trimlab.batches import first_test_inputs
-from trimlab.compression import (
+from trimlab.compression.base import (
     Context,
     Stage,
     check_count,
@@ -99,7 +99,7 @@ class Prune(Stage):
         end_fraction: float = 0.75,
         lr_factor: float = 0.1,
     ) -> None:
-        self.sparsity = check_range("prune.sparsity", sparsity, 0.0, 1.0, "set a fraction such as 0.5")
+        self.sparsity = float(sparsity)  # its range is declared in conf/compression/prune.yaml
         if scope not in ("global", "layer"):
             raise ConfigError(f"compression.prune.scope={scope!r}: use global or layer")
         if schedule not in ("one_shot", "gradual"):
@@ -150,7 +150,7 @@ class PruneStructured(Stage):
     with the weights, so the model rebuilds from the run dir (`artifact.resize_to`)."""
 
     def __init__(self, channel_ratio: float = 0.5, epochs: int = 2, lr_factor: float = 0.3) -> None:
-        self.ratio = check_range("prune_structured.channel_ratio", channel_ratio, 0.0, 1.0, "e.g. 0.5 halves channels")
+        self.ratio = float(channel_ratio)  # its range is declared in conf/compression/prune_structured.yaml
         self.epochs = check_count("prune_structured.epochs", epochs, 0)
         self.lr_factor = check_positive("prune_structured.lr_factor", lr_factor)
         self.reached: dict[str, Any] = {}

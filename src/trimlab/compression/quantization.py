@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from trimlab.batches import first_test_inputs, forward
-from trimlab.compression import Context, Stage, check_count, check_positive, max_length
 from trimlab.compression.artifact import export_program, strip_dead_weights
+from trimlab.compression.base import Context, Stage, check_count, check_positive, max_length
 
 _LIFT_PASS: list[Any] = []  # the inductor pass torchao's x86 quantizer installs process-wide on import
 
@@ -67,9 +67,8 @@ def int8_ops(graph_module: torch.fx.GraphModule) -> dict[str, int]:
 
 
 class Exported(Stage):
-    """A stage whose result is an exported graph: the model must export, which is checked before training."""
-
-    exports = True
+    """A stage whose result is an exported graph (its option file declares `exports`): the model must export,
+    which is checked before training."""
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
         export_program(model.eval(), first_test_inputs(datamodule), max_length(datamodule))
