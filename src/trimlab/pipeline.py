@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trimlab import compression, guards, report, rundir, semi, transfer
+from trimlab import compression, guards, report, rundir, schema, semi, transfer
 from trimlab import loggers as run_loggers
 from trimlab.batches import first_test_inputs
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
@@ -221,8 +221,8 @@ def apply_compression(summary: dict, cfg: DictConfig, stages: list, model, datam
     from trimlab.compression.chain import compress
 
     result = compress(cfg, stages, model.cpu(), datamodule, run_dir, task)
-    fit_keys = ("train", "time_to", "first_step", "step_", "peak_mem", "processes", "price")
-    training = {k: v for k, v in summary["cost"].items() if k.startswith(fit_keys)}
+    fit_keys = schema.names(schema.declared(summary), where="cost", phase="training")
+    training = {k: v for k, v in summary["cost"].items() if k in fit_keys}
     stage_seconds = sum(cost["stage_time_s"] for cost in result["cost_after"].values())
     summary["compression"] = result["record"]
     trained = summary["metrics"]

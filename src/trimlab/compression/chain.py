@@ -14,14 +14,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from trimlab import schema
 from trimlab.batches import first_test_inputs, forward
 from trimlab.compression import Context, Stage, artifact, max_length, resolved_cost_cfg
 from trimlab.cost import inference_cost
 from trimlab.metrics import classification_metrics, sklearn_report
 
 log = logging.getLogger(__name__)
-HEADLINE = ("test/acc", "test/f1_macro", "test/auroc_macro")
-CARRIED = ("params", "trainable_params", "nonzero_params", "flops_per_sample")  # a quantized graph hides these
+HEADLINE = schema.names(where="metrics", stage=True)
 
 
 @torch.inference_mode()
@@ -77,7 +77,8 @@ def stage_cost(model: nn.Module, stage: Stage | None, sample: Any, cfg: Any, pre
     cost = inference_cost(model, sample, cfg, inductor=inductor_options() if exported else None)
     cost["precision"] = "bf16" if stage is not None and stage.name == "bf16" else "32-true"
     if exported:
-        cost.update({key: previous.get(key) for key in CARRIED})
+        # A quantized graph hides these (parameters, FLOPs, and any cost.figures entry declared `carried`).
+        cost.update({key: previous.get(key) for key in schema.names(cfg.get("figures"), carried=True)})
     elif cost["flops_per_sample"] is None:
         cost["flops_per_sample"] = previous.get("flops_per_sample")
     cost["size_bytes"] = deployable_size(model, exported, sample, length)
