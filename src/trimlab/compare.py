@@ -102,9 +102,12 @@ def check_key(key: str, runs: list[dict[str, Any]], what: str) -> str:
     return key
 
 
-def columns(runs: list[dict[str, Any]]) -> list[str]:
-    """The schema's compared metrics and costs that some run has; `measured` when runs timed serving cost apart."""
-    present = [f.name for f in known_figures(runs) if f.compared and any(f.name in r for r in runs)]
+def columns(runs: list[dict[str, Any]], console: bool = False) -> list[str]:
+    """The schema's compared metrics and costs that some run has (those marked `console` in the terminal, where
+    a run's own compared figures join them); `measured` when the runs timed serving cost differently."""
+    builtin = {f.name for f in schema.BUILTIN}
+    shown = [f for f in known_figures(runs) if f.compared and (not console or f.console or f.name not in builtin)]
+    present = [f.name for f in shown if any(f.name in r for r in runs)]
     return ["run", "task", "status", *present, *(["measured"] if measured_labels(runs) else []), "overrides"]
 
 
@@ -149,7 +152,7 @@ def print_table(runs: list[dict[str, Any]], marked: set[str]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(runs)} runs" + (" (* on the Pareto front)" if marked else ""))
-    keys, labels = columns(runs), measured_labels(runs)
+    keys, labels = columns(runs, console=True), measured_labels(runs)
     for key in keys:
         text = key in ("run", "task", "status", "overrides")
         table.add_column(key, justify="left" if text else "right", no_wrap=True, max_width=48 if text else None)

@@ -2,8 +2,10 @@
 
 Each figure says its unit, which direction is better, its phase (measured on the fit or on the served model),
 whether an exporting stage carries it over from the stage before (a quantized graph hides its parameters), and
-where it is shown: the headline metrics (the closing table, trimlab-eval's check), the per-model records of a
-compressed or semi-supervised run, the closing table, and the columns of trimlab-compare and sweep summaries.
+where it is shown: the headline metrics (trimlab-eval's check), the per-model records of a compressed run
+(`stage`) and of a semi-supervised run's first round (`round1`), the run's closing table (`report`), the columns
+of sweep summaries and of trimlab-compare's files (`compared`), and the few of those that fit trimlab-compare's
+terminal table (`console`; a cost figure a run adds itself is shown there when `compared`).
 `method` marks the settings serving cost was measured with: runs that differ there are not comparable.
 
 Everything that used to keep its own list of keys derives it here. A cost figure added from outside the package
@@ -37,6 +39,7 @@ class Figure:
     round1: bool = False
     report: bool = False
     compared: bool = False
+    console: bool = False
     method: bool = False
     where: str = "cost"
     measure: Any = None
@@ -65,26 +68,27 @@ def _metric(name: str, unit: str = "", better: str = "higher", **flags: Any) -> 
 
 
 SCORE = {"headline": True, "compared": True, "report": True}  # a test score shown wherever runs are scored
+SHOWN = {"compared": True, "console": True}
 BUILTIN: tuple[Figure, ...] = (
-    _metric("test/acc", "fraction", stage=True, round1=True, **SCORE),
+    _metric("test/acc", "fraction", stage=True, round1=True, console=True, **SCORE),
     _metric("test/precision_macro", "fraction", **SCORE),
     _metric("test/recall_macro", "fraction", **SCORE),
-    _metric("test/f1_macro", "fraction", stage=True, round1=True, **SCORE),
-    _metric("test/auroc_macro", "fraction", stage=True, round1=True, **SCORE),
+    _metric("test/f1_macro", "fraction", stage=True, round1=True, console=True, **SCORE),
+    _metric("test/auroc_macro", "fraction", stage=True, round1=True, console=True, **SCORE),
     _metric("test/loss", "nats", "lower", round1=True, compared=True),
     _metric("test_samples", "samples", "none"),
     _metric("train/loss_final", "nats", "lower", phase="training"),
     # Serving: measured on the deployable model after test, and for a compressed run after each stage.
-    Figure("params", "", "lower", carried=True, report=True, compared=True),
+    Figure("params", "", "lower", carried=True, report=True, **SHOWN),
     Figure("trainable_params", "", "none", carried=True),
     Figure("nonzero_params", "", "lower", carried=True, compared=True),
-    Figure("size_bytes", "B", "lower", report=True, compared=True),
+    Figure("size_bytes", "B", "lower", report=True, **SHOWN),
     Figure("weights_bytes", "B", "lower"),
     Figure("sparse_size_bytes", "B", "lower"),
-    Figure("latency_ms_p50", "ms", "lower", report=True, compared=True),
+    Figure("latency_ms_p50", "ms", "lower", report=True, **SHOWN),
     Figure("latency_ms_p95", "ms", "lower", report=True),
     Figure("latency_ms_p50_eager", "ms", "lower", compared=True),
-    Figure("throughput_samples_per_s", "/s", "higher", report=True, compared=True),
+    Figure("throughput_samples_per_s", "/s", "higher", report=True, **SHOWN),
     Figure("throughput_samples_per_s_eager", "/s", "higher"),
     Figure("compile_s", "s", "lower"),
     Figure("flops_per_sample", "FLOP", "lower", carried=True, compared=True),
@@ -96,9 +100,9 @@ BUILTIN: tuple[Figure, ...] = (
     Figure("latency_repeats"),
     Figure("precision"),
     # Training: measured on the fit; a compressed run keeps the trained model's.
-    Figure("train_time_s", "s", "lower", "training", report=True, compared=True),
+    Figure("train_time_s", "s", "lower", "training", report=True, **SHOWN),
     Figure("train_samples", "samples", phase="training"),
-    Figure("time_to_target_s", "s", "lower", "training", compared=True),
+    Figure("time_to_target_s", "s", "lower", "training", **SHOWN),
     Figure("train_samples_per_s", "/s", "higher", "training", report=True, compared=True),
     Figure("first_step_s", "s", "lower", "training"),
     Figure("step_time_ms_median", "ms", "lower", "training"),
@@ -107,7 +111,7 @@ BUILTIN: tuple[Figure, ...] = (
     Figure("peak_mem_mb_total", "MB", "lower", "training"),
     Figure("processes", "", phase="training"),
     Figure("price_per_hour", "$/h", phase="training"),
-    Figure("price_usd", "$", "lower", "training", report=True, compared=True),
+    Figure("price_usd", "$", "lower", "training", report=True, **SHOWN),
     Figure("stage_time_s", "s", "lower", "training"),
     Figure("compression_time_s", "s", "lower", "training"),
 )
