@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from trimlab.compare import cheapest_good_enough, load_runs, main, pareto_front
 from trimlab.errors import TrimlabError
@@ -146,3 +147,67 @@ def test_cli_compare_to_an_unwritable_csv(tmp_path):
     write_run(tmp_path / "runs", "r", 0.9, 1.0)
     result = run_cli(str(tmp_path / "runs"), "--csv", "/proc/x.csv", cwd=tmp_path, script="trimlab-compare")
     assert_clear_error(result, "cannot write --csv /proc/x.csv")
+
+
+def write_timed_run(root: Path, name: str, acc: float, latency: float, threads: int = 2, **env: str) -> Path:
+    """A run whose summary says how its serving cost was timed, as every run's summary does."""
+    run_dir = write_run(root, name, acc, latency)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["cost"].update(latency_batch_size=1, throughput_batch_size=64, threads=threads, compiled=True,
+                           train_time_s=10 * acc)  # fmt: skip
+    summary["env"] = {"device": "cpu: Some CPU", "cpu_capability": "AVX2", **env}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def test_runs_timed_differently_are_marked_in_the_table(tmp_path, capsys):
+    write_timed_run(tmp_path, "a", 0.9, 2.0)
+    write_timed_run(tmp_path, "b", 0.8, 1.0, cpu_capability="AVX512")
+    write_timed_run(tmp_path, "c", 0.7, 1.5, threads=8)
+    main([str(tmp_path), "--markdown", str(tmp_path / "r.md")])
+    out = capsys.readouterr().out
+    assert "serving cost was measured in different ways (column measured)" in out
+    assert "- A: latency_batch_size=1, throughput_batch_size=64, threads=2, compiled=True, cpu_capability=AVX2" in out
+    assert "- B: latency_batch_size=1, throughput_batch_size=64, threads=2, compiled=True, cpu_capability=AVX512" in out
+    assert "threads=8" in out
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| measured | overrides |" in markdown and "| A | seed=a |" in markdown and "| C | seed=c |" in markdown
+
+
+def test_runs_timed_alike_are_not_marked(tmp_path, capsys):
+    write_timed_run(tmp_path, "a", 0.9, 2.0)
+    write_timed_run(tmp_path, "b", 0.8, 1.0, device="cpu: Another CPU")  # same capability: timings compare
+    main([str(tmp_path), "--pareto", "test/acc:latency_ms_p50", "--png", str(tmp_path / "p.png")])
+    out = capsys.readouterr().out
+    assert "measured" not in out and "Pareto front (test/acc vs latency_ms_p50): b, a" in out
+
+
+def test_pareto_refuses_runs_measured_differently_unless_mixed(tmp_path, capsys):
+    write_timed_run(tmp_path / "runs", "a", 0.9, 2.0)
+    write_timed_run(tmp_path / "runs", "b", 0.8, 1.0, cpu_capability="AVX512")
+    png = tmp_path / "p.png"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "runs"), "--pareto", "test/acc:latency_ms_p50", "--png", str(png)])
+    line = last_error_line(capsys)
+    assert "these runs measured serving cost differently, so their latency_ms_p50 does not compare" in line
+    assert "pass --mixed to plot them anyway" in line and "cpu_capability=AVX512" in line
+    assert not png.exists()
+    main([str(tmp_path / "runs"), "--pareto", "test/acc:latency_ms_p50", "--png", str(png), "--mixed"])
+    assert png.is_file() and "Pareto front (test/acc vs latency_ms_p50): b, a" in capsys.readouterr().out
+    main([str(tmp_path / "runs"), "--pareto", "test/acc:train_time_s", "--png", str(png)])  # a training cost
+    assert "Pareto front (test/acc vs train_time_s)" in capsys.readouterr().out
+
+
+def test_the_sweep_pareto_plot_refuses_jobs_measured_differently(tmp_path, caplog):
+    from trimlab import sweep_report
+    from trimlab.sweep import write_summary
+
+    write_timed_run(tmp_path, "0_a", 0.9, 2.0)
+    write_timed_run(tmp_path, "1_b", 0.8, 1.0, threads=4)
+    rows = write_summary(tmp_path)
+    assert rows[1]["measured"].startswith("latency_batch_size=1, throughput_batch_size=64, threads=4,")
+    with pytest.raises(TrimlabError, match="measured serving cost differently"):
+        sweep_report.write_pareto(tmp_path, rows, ["test/acc", "cost.latency_ms_p50"])
+    sweep_report.report(OmegaConf.create({}), tmp_path, rows, [])  # logged, never fatal to the sweep
+    assert not (tmp_path / "pareto.png").exists() and "measured serving cost differently" in caplog.text
+    assert sweep_report.write_pareto(tmp_path, rows, ["cost.train_time_s"]) == tmp_path / "pareto.png"

@@ -7,6 +7,8 @@
 
 Paths are run dirs (with a summary.json) or any dir above them (a sweep, a task's outputs): every summary.json
 below is read. A compressed run's cost is its deployed model's. Sources mix: one table across sweeps and servers.
+Runs that timed serving cost differently (batch sizes, threads, compiled or eager, CPU capability) are marked in
+the table, and a Pareto front over a serving cost is refused for them unless --mixed is given.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trimlab import schema
 from trimlab.errors import TrimlabError, fail, full_errors
-
-METRICS = ["test/acc", "test/f1_macro", "test/auroc_macro"]
-COSTS = ["params", "size_bytes", "latency_ms_p50", "throughput_samples_per_s", "train_time_s", "time_to_target_s",
-         "price_usd"]  # fmt: skip
-HIGHER_IS_BETTER_COSTS = {"throughput_samples_per_s", "train_samples_per_s"}
+from trimlab.pareto import (  # noqa: F401 - pareto_front and cheapest_good_enough: part of this module's API
+    cheapest_good_enough,
+    check_alike,
+    known_figures,
+    measured_labels,
+    pareto,
+    pareto_front,
+)
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -79,6 +85,8 @@ def row(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     }
     out.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     out.update({k: v for k, v in cost.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    out["measured"] = schema.measurement(summary)
+    out["figures"] = schema.added(schema.declared(summary))  # the run's own cost figures, as it declared them
     out["run_dir"] = str(run_dir)
     return out
 
@@ -94,33 +102,13 @@ def check_key(key: str, runs: list[dict[str, Any]], what: str) -> str:
     return key
 
 
-def pareto_front(runs: list[dict[str, Any]], metric: str, cost: str) -> list[dict[str, Any]]:
-    """Runs no other run beats on both: a higher (or equal) metric at a lower (or equal) cost, one strictly."""
-    sign = -1 if cost in HIGHER_IS_BETTER_COSTS else 1
-    points = [r for r in runs if r.get(metric) is not None and r.get(cost) is not None]
-
-    def dominates(a: dict, b: dict) -> bool:
-        better_or_equal = a[metric] >= b[metric] and sign * a[cost] <= sign * b[cost]
-        return better_or_equal and (a[metric] > b[metric] or sign * a[cost] < sign * b[cost])
-
-    front = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
-    return sorted(front, key=lambda r: sign * r[cost])
-
-
-def cheapest_good_enough(runs: list[dict[str, Any]], metric: str, cost: str, tolerance_pt: float) -> dict | None:
-    """The cheapest run whose metric is within `tolerance_pt` points (×100) of the best run's."""
-    points = [r for r in runs if r.get(metric) is not None and r.get(cost) is not None]
-    if not points:
-        return None
-    best = max(r[metric] for r in points)
-    good = [r for r in points if 100 * (best - r[metric]) <= tolerance_pt + 1e-9]
-    sign = -1 if cost in HIGHER_IS_BETTER_COSTS else 1
-    return min(good, key=lambda r: sign * r[cost])
-
-
-def columns(runs: list[dict[str, Any]]) -> list[str]:
-    present = [k for k in METRICS + COSTS if any(k in r for r in runs)]
-    return ["run", "task", "status", *present, "overrides"]
+def columns(runs: list[dict[str, Any]], console: bool = False) -> list[str]:
+    """The schema's compared metrics and costs that some run has (those marked `console` in the terminal, where
+    a run's own compared figures join them); `measured` when the runs timed serving cost differently."""
+    builtin = {f.name for f in schema.BUILTIN}
+    shown = [f for f in known_figures(runs) if f.compared and (not console or f.console or f.name not in builtin)]
+    present = [f.name for f in shown if any(f.name in r for r in runs)]
+    return ["run", "task", "status", *present, *(["measured"] if measured_labels(runs) else []), "overrides"]
 
 
 def fmt(value: Any) -> str:
@@ -132,7 +120,7 @@ def fmt(value: Any) -> str:
 
 
 def to_csv(runs: list[dict[str, Any]]) -> str:
-    keys = ["run", "task", "status", *[k for k in numeric_keys(runs)], "overrides", "run_dir"]
+    keys = ["run", "task", "status", *[k for k in numeric_keys(runs)], "overrides", "measured", "run_dir"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
@@ -141,10 +129,22 @@ def to_csv(runs: list[dict[str, Any]]) -> str:
 
 
 def to_markdown(runs: list[dict[str, Any]]) -> str:
-    keys = columns(runs)
+    keys, labels = columns(runs), measured_labels(runs)
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r.get(k)).replace("|", "\\|") for k in keys) + " |" for r in runs]
-    return "\n".join(lines) + "\n"
+    lines += ["| " + " | ".join(cell(r, k, labels).replace("|", "\\|") for k in keys) + " |" for r in runs]
+    return "\n".join([*lines, *legend(labels)]) + "\n"
+
+
+def cell(run: dict[str, Any], key: str, labels: dict[str, str]) -> str:
+    return labels.get(run.get("measured"), "?") if key == "measured" else fmt(run.get(key))
+
+
+def legend(labels: dict[str, str]) -> list[str]:
+    """What each letter of the `measured` column stands for; nothing when the runs measured alike."""
+    if not labels:
+        return []
+    head = "serving cost was measured in different ways (column measured); latencies do not compare across them:"
+    return ["", head, *[f"- {letter}: {way}" for way, letter in labels.items()]]
 
 
 def print_table(runs: list[dict[str, Any]], marked: set[str]) -> None:
@@ -152,38 +152,17 @@ def print_table(runs: list[dict[str, Any]], marked: set[str]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(runs)} runs" + (" (* on the Pareto front)" if marked else ""))
-    keys = columns(runs)
+    keys, labels = columns(runs, console=True), measured_labels(runs)
     for key in keys:
         text = key in ("run", "task", "status", "overrides")
         table.add_column(key, justify="left" if text else "right", no_wrap=True, max_width=48 if text else None)
     for run in runs:
-        cells = [fmt(run.get(k)) for k in keys]
+        cells = [cell(run, k, labels) for k in keys]
         cells[0] = ("* " if run["run_dir"] in marked else "") + cells[0]
         table.add_row(*cells)
     Console(width=200).print(table)
-
-
-def plot_pareto(runs: list[dict], front: list[dict], pick: dict | None, metric: str, cost: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    points = [r for r in runs if r.get(metric) is not None and r.get(cost) is not None]
-    ax.scatter([r[cost] for r in points], [r[metric] for r in points], c="lightgray", label="runs")
-    ax.plot([r[cost] for r in front], [r[metric] for r in front], "o-", c="tab:blue", label="Pareto front")
-    if pick is not None:
-        ax.scatter([pick[cost]], [pick[metric]], s=160, facecolors="none", edgecolors="tab:red", linewidths=2,
-                   label=f"cheapest good enough: {pick['run']}")  # fmt: skip
-    ax.set_xlabel(f"{cost} ({'higher' if cost in HIGHER_IS_BETTER_COSTS else 'lower'} is better)")
-    ax.set_ylabel(metric)
-    ax.legend(loc="best")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    for line in legend(labels)[1:]:
+        print(line)
 
 
 def gather(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -195,15 +174,6 @@ def gather(args: argparse.Namespace) -> list[dict[str, Any]]:
     for project in args.wandb or []:
         runs += remote_runs.wandb_runs(project)
     return runs
-
-
-def pareto(runs: list[dict], metric: str, cost: str, tolerance_pt: float, png: Path) -> tuple[list, dict | None]:
-    """The front among completed runs, the cheapest good-enough run, and the plot of both."""
-    completed = [r for r in runs if r["status"] == "completed"]
-    front = pareto_front(completed, metric, cost)
-    pick = cheapest_good_enough(completed, metric, cost, tolerance_pt)
-    plot_pareto(completed, front, pick, metric, cost, png)
-    return front, pick
 
 
 def shown_overrides(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -249,6 +219,8 @@ def compare(args: argparse.Namespace) -> None:
     if args.pareto:
         metric_key, cost_key = pareto_keys(args.pareto)
         metric, cost = check_key(metric_key, runs, "metric"), check_key(cost_key, runs, "cost")
+        if not args.mixed:
+            check_alike([r for r in runs if r["status"] == "completed"], cost)
         png = Path(args.png or "pareto.png")
         front, pick = pareto(runs, metric, cost, args.tolerance, png)
         marked = {r["run_dir"] for r in front}
@@ -278,6 +250,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pareto", metavar="METRIC:COST", help="e.g. test/acc:latency_ms_p50")
     p.add_argument("--tolerance", type=float, default=1.0, help="points of the metric (x100) from the best")
     p.add_argument("--png", help="where the Pareto plot goes (default pareto.png)")
+    p.add_argument("--mixed", action="store_true",
+                   help="plot a serving cost of runs that measured it differently (the table marks them)")  # fmt: skip
     return p
 
 

@@ -17,7 +17,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from trimlab import schema
 from trimlab.batches import forward, take, to_device
+from trimlab.errors import ConfigError
 
 
 class RunClock(pl.Callback):
@@ -130,7 +132,7 @@ def inference_cost(
 
     `cfg.compile` adds the same timings for the `torch.compile`d model (inductor freezing: weights as constants),
     the form a compressed model is deployed in; eager timings stay beside them, so that what compile itself gains
-    is never credited to a compression stage."""
+    is never credited to a compression stage. The serving figures of `cfg.figures` are measured here too."""
     one = take(sample_inputs, cfg.latency_batch_size)
     many = take(sample_inputs, cfg.throughput_batch_size)
     eager_latency = time_forward(model, one, cfg.latency_warmup, cfg.latency_repeats, precision)
@@ -152,6 +154,7 @@ def inference_cost(
     }
     result["latency_ms_p50_eager"] = result["latency_ms_p50"]
     result["throughput_samples_per_s_eager"] = result["throughput_samples_per_s"]
+    result.update(added_cost(model, sample_inputs, cfg, "serving"))
     if cfg.get("compile") is True:  # "auto": compiled when the run compresses (see compression)
         try:
             result.update(compiled_timings(model, one, many, cfg, precision, inductor or {}))
@@ -189,6 +192,26 @@ def compiled_timings(model: nn.Module, one, many, cfg: Any, precision: Any, indu
     }
 
 
+def added_cost(model: nn.Module, sample_inputs, cfg: Any, phase: str) -> dict[str, Any]:
+    """The values of the run's own cost figures (`cost.figures`, see docs/extending.md) of one phase: each
+    figure's measure function called with the model and the first test batch."""
+    entries = cfg.get("figures") or []
+    schema.added(entries)  # a declaration the summary schema cannot read back fails here, with its index
+    from hydra.utils import instantiate
+
+    values = {}
+    for index, entry in enumerate(entries):
+        figure = instantiate(entry)
+        if not isinstance(figure, schema.Figure):
+            raise ConfigError(
+                f"cost.figures[{index}] made a {type(figure).__name__}, not a cost figure; "
+                "use _target_: trimlab.schema.Figure (or a subclass) with name, unit, better, phase and measure"
+            )
+        if figure.phase == phase:
+            values[figure.name] = figure.compute(model, sample_inputs)
+    return values
+
+
 def ms(seconds: float) -> float:
     return round(seconds * 1e3, 4)
 
@@ -204,7 +227,8 @@ def measure(
     inference: bool = True,
 ) -> dict[str, Any]:
     """The cost block of the summary; `cfg` is the run's `cost` config, `precision` Lightning's plugin.
-    `inference=False` leaves out serving cost (a compressed run measures it per stage instead)."""
+    `inference=False` leaves out serving cost (a compressed run measures it per stage instead). The training
+    figures of `cfg.figures` are measured here, on the deployable model."""
     model = model.eval().to(device)
     if precision is not None:  # bf16-true/16-true: the deployed weights in the dtype the run trained and tested in
         model = precision.convert_module(model)
@@ -228,4 +252,5 @@ def measure(
         "processes": len(peaks),
         "price_per_hour": cfg.price_per_hour,
         "price_usd": round(hours * cfg.price_per_hour, 8),
+        **added_cost(model, sample_inputs, cfg, "training"),
     }

@@ -9,11 +9,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from trimlab import rundir
+from trimlab import rundir, schema
 from trimlab.cli import config_dir, launch
 from trimlab.errors import CheckpointError, TrimlabError, fail, full_errors
 
-HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro"]
+HEADLINE = schema.names(where="metrics", headline=True)
 
 
 def load_run(run_dir: Path, data_root: str | None = None) -> tuple[DictConfig, dict[str, Any]]:

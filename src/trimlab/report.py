@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-HEADLINE = ["test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro"]
+from trimlab import schema
 
 
 def jsonable(value: Any) -> Any:
@@ -74,13 +74,28 @@ def device_name(device: Any) -> str:
 
     if getattr(device, "type", "cpu") == "cuda":
         return torch.cuda.get_device_name(device)
+    return f"cpu: {cpu_model()}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name: the same machine kind may come with another CPU on another day."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()}"
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"cpu: {platform.processor() or platform.machine()}"
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str | None:
+    """The vector instructions PyTorch's CPU kernels use here (AVX2, AVX512...): int8 timings flip with it."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def environment(seed: int, data_fingerprint: str, device: Any) -> dict[str, Any]:
@@ -101,6 +116,8 @@ def environment(seed: int, data_fingerprint: str, device: Any) -> dict[str, Any]
         "git_commit": git_commit(),
         "data_fingerprint": data_fingerprint,
         "device": device_name(device),
+        "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "threads": torch.get_num_threads(),
         "seed": seed,
         "host": platform.node(),
@@ -174,22 +191,11 @@ def print_table(summary: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     metrics, cost = summary.get("metrics", {}), summary.get("cost", {})
-    for key in HEADLINE:
-        if metrics.get(key) is not None:
-            table.add_row(key, f"{metrics[key]:.4f}")
-    for key, unit in [
-        ("params", ""),
-        ("size_bytes", " B"),
-        ("train_time_s", " s"),
-        ("train_samples_per_s", " /s"),
-        ("latency_ms_p50", " ms"),
-        ("latency_ms_p95", " ms"),
-        ("throughput_samples_per_s", " /s"),
-        ("peak_mem_mb", " MB"),
-        ("price_usd", " $"),
-    ]:
-        if cost.get(key) is not None:
-            table.add_row(key, f"{cost[key]:,}{unit}")
+    for figure in schema.figures(schema.declared(summary)):
+        value = (metrics if figure.where == "metrics" else cost).get(figure.name)
+        if figure.report and isinstance(value, int | float) and not isinstance(value, bool):
+            unit = f" {figure.unit}" if figure.unit else ""
+            table.add_row(figure.name, f"{value:.4f}" if figure.where == "metrics" else f"{value:,}{unit}")
     console = Console(stderr=False, width=120)
     console.print(table)
     if summary.get("compression"):

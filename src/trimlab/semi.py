@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from trimlab import schema
 from trimlab.checkpoints import load_weights
 from trimlab.cost import RunClock
 from trimlab.data.base import ArrayDataset, ClassificationDataModule, stratified_split
@@ -25,7 +26,7 @@ from trimlab.errors import ConfigError
 from trimlab.task import ClassificationTask
 
 log = logging.getLogger(__name__)
-HEADLINE = ("test/acc", "test/f1_macro", "test/auroc_macro", "test/loss")
+HEADLINE = schema.names(where="metrics", round1=True)
 
 
 def enabled(cfg: DictConfig) -> bool:

@@ -19,13 +19,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from trimlab import schema
 from trimlab.errors import ConfigError
 
 log = logging.getLogger("trimlab")
-METRICS = ("test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro", "test/loss")
-COSTS = ("params", "nonzero_params", "size_bytes", "latency_ms_p50", "latency_ms_p50_eager",
-         "throughput_samples_per_s", "train_time_s", "time_to_target_s", "train_samples_per_s", "peak_mem_mb",
-         "price_usd", "flops_per_sample")  # fmt: skip
+# The summary values a sweep row holds and a sweeper may optimize: those the schema marks `compared`.
+METRICS = schema.names(where="metrics", compared=True)
+COSTS = schema.names(where="cost", compared=True)
 failed_in_sweep: list[str] = []
 # Job number -> run dir of the jobs this process started, so an interrupted sweep can mark the one cut short.
 started_jobs: dict[int, Path] = {}
@@ -36,12 +36,13 @@ def objective_keys(cfg: DictConfig) -> list[str]:
     if value is None:
         return []
     keys = list(value) if isinstance(value, ListConfig | list) else [value]
+    costs = schema.names(OmegaConf.select(cfg, "cost.figures"), where="cost", compared=True)  # and the run's own
     for key in keys:
-        known = key in METRICS or key.removeprefix("cost.") in COSTS
+        known = key in METRICS or key.removeprefix("cost.") in costs
         if not known:
             raise ConfigError(
                 f"optimized_metric={key!r} is not a summary value; use one of {', '.join(METRICS)} or cost.<key> "
-                f"with <key> in {', '.join(COSTS)}"
+                f"with <key> in {', '.join(costs)}"
             )
     return [str(k) for k in keys]
 
@@ -90,7 +91,9 @@ def _read_row(job_dir: Path, stamps: tuple) -> dict[str, Any] | None:
         "overrides": " ".join(redact_overrides(overrides)),
     }
     row.update({k: (summary.get("metrics") or {}).get(k) for k in METRICS})
-    row.update({f"cost.{k}": (summary.get("cost") or {}).get(k) for k in COSTS})
+    costs = schema.names(schema.declared(summary), where="cost", compared=True)
+    row.update({f"cost.{k}": (summary.get("cost") or {}).get(k) for k in costs})
+    row["measured"] = schema.measurement(summary)  # how serving cost was timed: the Pareto plot needs it alike
     row["run_dir"] = str(job_dir.absolute())
     return row
 
@@ -105,7 +108,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     summary = {"jobs": len(rows), "failed": failed, "interrupted": interrupted, "rows": rows}
     write_json(sweep_dir / "sweep_summary.json", summary)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["job"])
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # a job may add cost figures of its own
+    writer = csv.DictWriter(buffer, fieldnames=fields or ["job"])
     writer.writeheader()
     writer.writerows(rows)
     write_text(sweep_dir / "sweep_summary.csv", buffer.getvalue())
@@ -155,7 +159,8 @@ class SweepSummary(Callback):
         failed_in_sweep.extend(failed)
         from trimlab.sweep_report import report
 
-        report(config, sweep_dir, rows)  # pareto.png, and the sweep's own W&B run with logger=wandb
+        # pareto.png, and the sweep's own W&B run with logger=wandb
+        report(config, sweep_dir, rows, objective_keys(config))
         # Interrupted rows are records of trials cut short, not failures: a resumed sweep ran them again.
         interrupted = sum(r["status"] == "interrupted" for r in rows)
         counts = f"{len(rows)} jobs, {len(failed)} failed" + (f", {interrupted} interrupted" if interrupted else "")

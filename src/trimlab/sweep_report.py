@@ -15,16 +15,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trimlab.sweep import METRICS, objective_keys
+from trimlab import schema
 
 log = logging.getLogger(__name__)
 
 
-def axes(config: DictConfig) -> tuple[str, str]:
+def axes(objectives: list[str]) -> tuple[str, str]:
     """The first objective metric where higher is better (not test/loss) and the first objective cost."""
-    keys = objective_keys(config)
-    metric = next((k for k in keys if k in METRICS and k != "test/loss"), "test/acc")
-    cost = next((k.removeprefix("cost.") for k in keys if k.startswith("cost.")), "latency_ms_p50")
+    scores = schema.names(where="metrics", compared=True, better="higher")
+    metric = next((k for k in objectives if k in scores), "test/acc")
+    cost = next((k.removeprefix("cost.") for k in objectives if k.startswith("cost.")), "latency_ms_p50")
     return metric, cost
 
 
@@ -33,23 +33,28 @@ def as_compare_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"run": r["job"], **{k.removeprefix("cost."): v for k, v in r.items() if v is not None}} for r in rows]
 
 
-def write_pareto(config: DictConfig, sweep_dir: Path, rows: list[dict[str, Any]], tolerance_pt: float = 1.0):
-    """pareto.png in the sweep dir; None when fewer than two jobs completed."""
-    from trimlab import compare
+def write_pareto(sweep_dir: Path, rows: list[dict[str, Any]], objectives: list[str], tolerance_pt: float = 1.0):
+    """pareto.png in the sweep dir; None when fewer than two jobs completed. Refused (an error the caller logs)
+    when the jobs timed serving cost differently and the plot's cost is a serving one."""
+    from trimlab import pareto
+    from trimlab.compare import fmt
 
-    metric, cost = axes(config)
+    metric, cost = axes(objectives)
     runs = [r for r in as_compare_rows(rows) if r["status"] == "completed" and metric in r and cost in r]
     if len(runs) < 2:
         return None
+    pareto.check_alike(runs, cost)
     png = sweep_dir / "pareto.png"
-    _, pick = compare.pareto(runs, metric, cost, tolerance_pt, png)
+    _, pick = pareto.pareto(runs, metric, cost, tolerance_pt, png)
     if pick is not None:
         print(f"sweep: cheapest run within {tolerance_pt} pt of the best {metric}: {pick['run']} "
-              f"({metric} {pick[metric]:.4f}, {cost} {compare.fmt(pick[cost])}); plot: {png}", flush=True)  # fmt: skip
+              f"({metric} {pick[metric]:.4f}, {cost} {fmt(pick[cost])}); plot: {png}", flush=True)  # fmt: skip
     return png
 
 
-def log_to_wandb(config: DictConfig, sweep_dir: Path, png: Path | None, rows: list[dict[str, Any]]) -> None:
+def log_to_wandb(
+    config: DictConfig, sweep_dir: Path, png: Path | None, rows: list[dict], objectives: list[str]
+) -> None:
     """One W&B run for the sweep itself: its Pareto plot and summary table, in the trials' group."""
     settings = OmegaConf.select(config, "logger.wandb")
     if not settings:
@@ -65,7 +70,7 @@ def log_to_wandb(config: DictConfig, sweep_dir: Path, png: Path | None, rows: li
         project=settings.get("project"), entity=settings.get("entity"), group=settings.get("group") or sweep_dir.name,
         job_type="sweep", id=run_id, resume="allow", name=f"{sweep_dir.name}-sweep",
         tags=list(settings.get("tags") or []), dir=str(sweep_dir), mode=mode,
-        config={"sweep_dir": str(sweep_dir), "optimized_metric": objective_keys(config)},
+        config={"sweep_dir": str(sweep_dir), "optimized_metric": objectives},
     )  # fmt: skip
     columns = list(rows[0]) if rows else ["job"]
     payload: dict[str, Any] = {"sweep_summary": wandb.Table(columns=columns, data=[[r.get(c) for c in columns]
@@ -77,14 +82,15 @@ def log_to_wandb(config: DictConfig, sweep_dir: Path, png: Path | None, rows: li
     run.finish()
 
 
-def report(config: DictConfig, sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Never fails the sweep: its jobs' results are already on disk."""
+def report(config: DictConfig, sweep_dir: Path, rows: list[dict[str, Any]], objectives: list[str]) -> None:
+    """Never fails the sweep: its jobs' results are already on disk. `objectives` are the sweep's
+    `optimized_metric` keys (trimlab.sweep reads them; this module imports nothing that imports it back)."""
     png = None
     try:
-        png = write_pareto(config, sweep_dir, rows)
+        png = write_pareto(sweep_dir, rows, objectives)
     except Exception as err:  # noqa: BLE001 - a plot that fails is logged, not fatal
         log.warning("sweep Pareto plot not written (%s: %s)", type(err).__name__, err)
     try:
-        log_to_wandb(config, sweep_dir, png, rows)
+        log_to_wandb(config, sweep_dir, png, rows, objectives)
     except Exception as err:  # noqa: BLE001 - nor is an upload that fails
         log.warning("sweep not logged to W&B (%s: %s)", type(err).__name__, err)

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from trimlab import schema
 from trimlab.batches import first_test_inputs
 from trimlab.compression import artifact
 from trimlab.compression.base import Context, Stage, max_length, resolved_cost_cfg
@@ -23,8 +24,7 @@ from trimlab.evaluation import TestRecord, evaluate_model
 from trimlab.factory import make
 
 log = logging.getLogger(__name__)
-HEADLINE = ("test/acc", "test/f1_macro", "test/auroc_macro")
-CARRIED = ("params", "trainable_params", "nonzero_params", "flops_per_sample")  # a quantized graph hides these
+HEADLINE = schema.names(where="metrics", stage=True)
 
 
 def deployable_size(model: nn.Module, exported: bool, sample: Any, length: int) -> int:
@@ -57,7 +57,8 @@ def stage_cost(model: nn.Module, stage: Stage | None, sample: Any, cfg: Any, pre
     cost = inference_cost(model, sample, cfg, inductor=inductor_options() if exported else None)
     cost["precision"] = stage.precision if stage is not None else Stage.precision
     if exported:
-        cost.update({key: previous.get(key) for key in CARRIED})
+        # A quantized graph hides these (parameters, FLOPs, and any cost.figures entry declared `carried`).
+        cost.update({key: previous.get(key) for key in schema.names(cfg.get("figures"), carried=True)})
     elif cost["flops_per_sample"] is None:
         cost["flops_per_sample"] = previous.get("flops_per_sample")
     cost["size_bytes"] = deployable_size(model, exported, sample, length)
