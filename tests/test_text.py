@@ -209,7 +209,7 @@ def test_missing_pretrained_dir_is_a_clear_error(text_csv, tmp_path):
 
 
 def test_pretrained_encoder_with_another_tokenizer_is_refused(text_csv, tmp_path):
-    from trimlab.cli import validate_config
+    from trimlab.checks import validate_config
     from trimlab.errors import ConfigError
 
     overrides = [o for o in text_overrides(text_csv, tmp_path) if not o.startswith("model")]

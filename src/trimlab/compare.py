@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trimlab.errors import TrimlabError, fail, full_errors
+from trimlab.errors import TrimlabError, user_errors
 
 METRICS = ["test/acc", "test/f1_macro", "test/auroc_macro"]
 COSTS = ["params", "size_bytes", "latency_ms_p50", "throughput_samples_per_s", "train_time_s", "time_to_target_s",
@@ -285,12 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if not (args.paths or args.mlflow or args.wandb):
         parser().error("give run dirs, sweep dirs, --mlflow URI EXPERIMENT or --wandb ENTITY/PROJECT")
-    try:
+    with user_errors():
         compare(args)
-    except TrimlabError as err:
-        if full_errors():
-            raise
-        fail(str(err))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from trimlab.errors import ConfigError
+from trimlab.processes import distributed_strategy, multi_process
 
 EXPORTING_STAGES = ("quantize_dynamic", "quantize_static", "qat", "bf16")
 
@@ -28,7 +29,7 @@ def check_compression(cfg: DictConfig) -> None:
         )
     if "distill" in names[1:]:
         raise ConfigError(f"compression=[{','.join(names)}]: distill trains the model, list it first")
-    if names and multi_process(cfg):
+    if names and (multi_process(cfg) or distributed_strategy(cfg)):  # one process, the model unwrapped
         raise ConfigError(
             "compression runs in one process: train and compress with strategy=auto trainer.devices=1 (or compress a "
             "model trained elsewhere through model.pretrained=<run dir>)"
@@ -48,20 +49,6 @@ def check_teacher_dir(teacher: str | None) -> Path:
             "of a completed trimlab-train run"
         )
     return path
-
-
-def strategy_name(cfg: DictConfig, default: str = "auto") -> str:
-    """`trainer.strategy` as a name: its `_target_` class path, or the string Lightning takes."""
-    strategy = OmegaConf.select(cfg, "trainer.strategy")
-    return strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or default)
-
-
-def multi_process(cfg: DictConfig) -> bool:
-    name = strategy_name(cfg)
-    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-    many = isinstance(devices, ListConfig) and len(devices) > 1 or str(devices) not in ("1", "auto", "None")
-    nodes = int(OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1)
-    return many or nodes > 1 or any(w in name.lower() for w in ("ddp", "fsdp", "modelparallel", "model_parallel"))
 
 
 def check_listed_once(overrides: list[str]) -> None:

@@ -85,7 +85,7 @@ def stage_names(cfg: DictConfig) -> list[str]:
 
 def build_stages(cfg: DictConfig) -> list[Stage]:
     """The stages in the order listed; each option file holds one key, the stage's name."""
-    from trimlab.pipeline import make
+    from trimlab.factory import make
 
     stages = []
     for name in stage_names(cfg):

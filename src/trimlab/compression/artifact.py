@@ -162,7 +162,7 @@ def load(run_dir: Path, cfg: Any, datamodule: Any, folder: Path | None = None) -
         raise CheckpointError(f"{path} is missing; re-run the training")
     if recipe["format"] == "exported":
         return load_program(path)
-    from trimlab.pipeline import make_backbone
+    from trimlab.factory import make_backbone
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -98,7 +98,7 @@ def headline(metrics: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
 def finetune(cfg: Any, datamodule: Any, distillation: Any, run_dir: Any) -> Any:
     """A function the stages call to fine-tune a model: the run's task and trainer settings, `epochs` epochs,
     learning rate × `lr_factor`, no checkpoints or loggers (the stage's result is saved by `artifact`)."""
-    from trimlab.pipeline import make
+    from trimlab.factory import make
 
     def run(model: nn.Module, epochs: int, callbacks: list, lr_factor: float = 1.0) -> nn.Module:
         task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
