@@ -76,12 +76,12 @@ def make_backbone(
 
 
 def models_for(modality: str | None) -> str:
-    """`model=` options by the modality their class declares, read from conf/model/: e.g. `vision: cnn, resnet`;
-    only the data's own modality when it declares one."""
-    from trimlab.launch import config_dir
-
+    """`model=` options by the modality their class declares, read from the model/ dir of every config dir
+    (trimlab's, and those added with `hydra.searchpath`): e.g. `vision: cnn, resnet`; only the data's own
+    modality when it declares one."""
     by_modality: dict[str, list[str]] = {}
-    for path in sorted((Path(config_dir()) / "model").glob("*.yaml")):
+    found = {p.name: p for d in reversed(config_dirs()) for p in (d / "model").glob("*.yaml")}  # first dir wins
+    for path in sorted(found.values(), key=lambda p: p.name):
         try:
             declared = getattr(get_class(str(OmegaConf.load(path).get("_target_"))), "modality", None)
         except Exception:  # a config whose class does not import is no option to list
@@ -90,6 +90,18 @@ def models_for(modality: str | None) -> str:
             by_modality.setdefault(declared, []).append(path.stem)
     shown = {modality: by_modality[modality]} if modality in by_modality else by_modality
     return "; ".join(f"{name}: {', '.join(options)}" for name, options in shown.items())
+
+
+def config_dirs() -> list[Path]:
+    """The running Hydra job's config dirs in search order (trimlab's and those a `hydra.searchpath` adds: a
+    user's own configs), or trimlab's alone outside a job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from trimlab.launch import config_dir
+
+    if not HydraConfig.initialized():
+        return [Path(config_dir())]
+    return [Path(s.path) for s in HydraConfig.get().runtime.config_sources if s.schema == "file" and s.path]
 
 
 def build(

@@ -47,6 +47,7 @@ def run(cfg: DictConfig) -> float | list[float] | None:
 
 
 def job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | list[float] | None:
+    """The job itself, errors left to `run`: a multi-process sweep job in a fresh process, else the pipeline."""
     if hydra_cfg.mode == RunMode.MULTIRUN and relaunches_script(cfg):
         run_job_in_fresh_process(run_dir)
         return None
