@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from trimlab import rundir
-from trimlab.cli import config_dir
+from trimlab.launch import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TRIMLAB_DATA") or REPO.parent / "shared" / "data")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_clear_error, run_cli
-from trimlab.cli import config_dir, preflight
+from trimlab.launch import config_dir, preflight
 
 
 def preflight_error(capsys, *args: str) -> str:
@@ -190,7 +190,7 @@ def test_unquoted_search_space_on_the_command_line(capsys):
 
 
 def test_glob_sweeps_list_the_group_options():
-    from trimlab.cli import _variants
+    from trimlab.launch import _variants
 
     variants = _variants(["model=glob(*)", "data=digits"])
     assert sorted(v[1] for v in variants) == sorted(

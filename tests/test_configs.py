@@ -10,8 +10,9 @@ import yaml
 from hydra.utils import get_object
 
 from conftest import compose_train
-from trimlab.cli import config_dir, validate_config
+from trimlab.checks import validate_config
 from trimlab.errors import ConfigError
+from trimlab.launch import config_dir
 
 CONF = Path(config_dir())
 OPTIONS = sorted(

@@ -45,3 +45,69 @@ def test_cnn_pooled_head_keeps_layout():
     model = SmallCNN((1, 28, 28), num_classes=10, widths=[8, 16, 32], pool_to=2)
     assert model.head[-1].in_features == 32 * 4
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+class NotAModule:
+    def __init__(self, input_shape, num_classes, **kwargs):
+        self.num_classes = num_classes
+
+
+class NoHead(torch.nn.Module):
+    """Logits from a layer named `classifier`: transfer and pruning would not find it."""
+
+    def __init__(self, input_shape, num_classes, **kwargs):
+        super().__init__()
+        self.classifier = torch.nn.Linear(int(torch.tensor(input_shape).prod()), num_classes)
+
+    def forward(self, x):
+        return self.classifier(x.flatten(1))
+
+
+class WrongLogits(NoHead):
+    """A `head`, but one logit too many."""
+
+    def __init__(self, input_shape, num_classes, **kwargs):
+        super().__init__(input_shape, num_classes + 1)
+        self.head = self.classifier
+
+
+class TupleLogits(WrongLogits):
+    """Logits and features: the contract wants the logits alone."""
+
+    def __init__(self, input_shape, num_classes, **kwargs):
+        super().__init__(input_shape, num_classes - 1)
+
+    def forward(self, x):
+        return self.head(x.flatten(1)), x
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        pytest.param("NotAModule", "built a NotAModule, not a torch.nn.Module", id="not-a-module"),
+        pytest.param("NoHead", "NoHead has no `head` module; name its classifier layer self.head", id="no-head"),
+        pytest.param(
+            "WrongLogits",
+            "returned (2, 11) for a batch of 2; a backbone returns logits of shape (batch, num_classes)",
+            id="wrong-shape",
+        ),
+        pytest.param("TupleLogits", "returned tuple for a batch of 2", id="tuple"),
+    ],
+)
+def test_a_model_that_breaks_the_contract_is_refused_when_built(tmp_path, target, fragment):
+    from conftest import compose_train
+    from trimlab.errors import ConfigError
+    from trimlab.factory import build
+
+    with pytest.raises(ConfigError, match="see the model contract in trimlab.models") as caught:
+        build(compose_train(f"model._target_=test_models.{target}", output_dir=tmp_path))
+    assert fragment in str(caught.value)
+
+
+def test_the_models_listed_for_a_modality_come_from_the_configs():
+    from trimlab.factory import models_for
+
+    assert models_for("vision") == "vision: cnn, resnet"
+    assert models_for("speech") == "speech: speech_cnn, speech_resnet"
+    # Data that declares no modality: every model, by modality (a model class that declares none is left out).
+    assert models_for(None) == "vision: cnn, resnet; text: hf_encoder, transformer; speech: speech_cnn, speech_resnet"

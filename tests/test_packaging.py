@@ -61,7 +61,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_elsewhere(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)  # hydra.run.dir= wins
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["task_name"] == "debug"
-    code = "import trimlab.cli as c; print(c.config_dir())"
+    code = "import trimlab.launch as c; print(c.config_dir())"
     where = subprocess.run([str(fresh / "bin" / "python"), "-c", code], cwd=elsewhere, env=env, capture_output=True,
                            text=True, check=True)  # fmt: skip
     assert where.stdout.strip().startswith(str(fresh_site))  # the wheel's packaged conf, not the checkout's

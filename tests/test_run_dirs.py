@@ -13,8 +13,8 @@ import torch
 
 from conftest import assert_clear_error, compose_train, run_cli
 from trimlab import guards
-from trimlab.cli import preflight
 from trimlab.errors import TrimlabError
+from trimlab.launch import preflight
 from trimlab.pipeline import train
 
 TINY = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "cost.latency_warmup=1",

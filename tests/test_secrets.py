@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_clear_error, run_cli
-from trimlab.cli import preflight
+from trimlab.launch import preflight
 from trimlab.redaction import is_secret_key
 
 PLANTED = "planted-secret-4f1c9e2a7b"

@@ -121,7 +121,7 @@ def test_configs_compose_and_speech_resnet_runs():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from trimlab.cli import config_dir
+    from trimlab.launch import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         for experiment, target in (("fsdd_cnn", "FSDD"), ("speech_commands_cnn", "SpeechCommands")):

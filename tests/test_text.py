@@ -12,7 +12,7 @@ import torch
 
 from conftest import FAST, SHARED_DATA, assert_clear_error, compose_train, run_cli
 from trimlab.data.base import LengthGroupedSampler
-from trimlab.pipeline import build
+from trimlab.factory import build
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "happy"]
 NEGATIVE = ["bad", "awful", "poor", "sad", "dreadful", "boring"]
@@ -209,7 +209,7 @@ def test_missing_pretrained_dir_is_a_clear_error(text_csv, tmp_path):
 
 
 def test_pretrained_encoder_with_another_tokenizer_is_refused(text_csv, tmp_path):
-    from trimlab.cli import validate_config
+    from trimlab.checks import validate_config
     from trimlab.errors import ConfigError
 
     overrides = [o for o in text_overrides(text_csv, tmp_path) if not o.startswith("model")]

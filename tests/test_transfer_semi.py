@@ -50,7 +50,7 @@ def test_other_class_names_or_inputs_are_not_taken_for_the_same(tmp_path):
 
 def test_freezing_under_ddp_is_refused(tmp_path):
     from conftest import compose_train
-    from trimlab.cli import validate_config
+    from trimlab.checks import validate_config
     from trimlab.errors import ConfigError
 
     cfg = compose_train("strategy=ddp", "finetune.freeze_epochs=2", output_dir=tmp_path)

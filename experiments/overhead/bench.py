@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from trimlab import rundir
-from trimlab.cli import config_dir
-from trimlab.pipeline import build, train
+from trimlab.factory import build
+from trimlab.launch import config_dir
+from trimlab.pipeline import train
 from trimlab.schedules import cosine
 
 HERE = Path(__file__).resolve().parent

@@ -14,12 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from trimlab import rundir
-from trimlab.compression_checks import check_compression, strategy_name
+from trimlab.compression_checks import check_compression
 from trimlab.errors import ConfigError
 from trimlab.loggers import check_tracking
+from trimlab.processes import distributed_strategy, strategy_name
 from trimlab.sweep import objective_keys
 
 INTEGER_KEYS = ("seed", "trainer.max_epochs", "trainer.min_epochs", "trainer.max_steps", "data.batch_size",
@@ -177,7 +179,7 @@ def check_pairings(cfg: DictConfig) -> None:
         )
     freeze = _number(cfg, "finetune.freeze_epochs") or 0
     name = strategy_name(cfg)
-    if freeze > 0 and any(word in name.lower() for word in ("ddp", "fsdp", "modelparallel", "model_parallel")):
+    if freeze > 0 and distributed_strategy(cfg):
         raise ConfigError(
             f"finetune.freeze_epochs={freeze} cannot run under {name.rsplit('.', 1)[-1]}: weights frozen when the "
             "model is wrapped are never synchronized after unfreezing; train on one device or set it to 0"
@@ -232,3 +234,15 @@ def required_arguments(cfg: DictConfig, app: str) -> None:
     for key in ("run_dir", "inputs"):  # `key in cfg` is False for a `???` value: look at the keys
         if key in list(cfg.keys()) and OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"{key} is required: {app} {key}=<path> (see {app} --help)")
+
+
+def refuse_hydra_sweeps(overrides: list[str]) -> None:
+    """`hydra.sweeper.params.x=choice(1,2)` unquoted is a sweep over Hydra's own setting, which Hydra refuses."""
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element().lstrip("+~")
+        if key.startswith("hydra.") and override.is_sweep_override():
+            value = override.input_line.partition("=")[2]
+            raise ConfigError(
+                f"{override.input_line}: an unquoted {value} here sweeps a Hydra setting; quote the search space "
+                f"so the sweeper gets it: '{override.get_key_element()}=\"{value}\"'"
+            )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trimlab import schema
-from trimlab.errors import TrimlabError, fail, full_errors
+from trimlab.errors import TrimlabError, user_errors
 from trimlab.pareto import (  # noqa: F401 - pareto_front and cheapest_good_enough: part of this module's API
     cheapest_good_enough,
     check_alike,
@@ -259,12 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if not (args.paths or args.mlflow or args.wandb):
         parser().error("give run dirs, sweep dirs, --mlflow URI EXPERIMENT or --wandb ENTITY/PROJECT")
-    try:
+    with user_errors():
         compare(args)
-    except TrimlabError as err:
-        if full_errors():
-            raise
-        fail(str(err))
 
 
 if __name__ == "__main__":

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from trimlab.compression.registry import check_stages
 from trimlab.errors import ConfigError
+from trimlab.processes import distributed_strategy, multi_process
 
 
 def check_compression(cfg: DictConfig) -> None:
     """Stage knobs and orders that can be judged from the config alone (model-dependent checks run before fit)."""
     names = [stage.name for stage in check_stages(cfg)]
-    if names and multi_process(cfg):
+    if names and (multi_process(cfg) or distributed_strategy(cfg)):  # one process, the model unwrapped
         raise ConfigError(
             "compression runs in one process: train and compress with strategy=auto trainer.devices=1 (or compress a "
             "model trained elsewhere through model.pretrained=<run dir>)"
@@ -35,20 +36,6 @@ def check_teacher_dir(teacher: str | None) -> Path:
             "of a completed trimlab-train run"
         )
     return path
-
-
-def strategy_name(cfg: DictConfig, default: str = "auto") -> str:
-    """`trainer.strategy` as a name: its `_target_` class path, or the string Lightning takes."""
-    strategy = OmegaConf.select(cfg, "trainer.strategy")
-    return strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or default)
-
-
-def multi_process(cfg: DictConfig) -> bool:
-    name = strategy_name(cfg)
-    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-    many = isinstance(devices, ListConfig) and len(devices) > 1 or str(devices) not in ("1", "auto", "None")
-    nodes = int(OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1)
-    return many or nodes > 1 or any(w in name.lower() for w in ("ddp", "fsdp", "modelparallel", "model_parallel"))
 
 
 def check_listed_once(overrides: list[str]) -> None:

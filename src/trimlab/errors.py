@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class TrimlabError(Exception):
@@ -42,3 +44,16 @@ class Interrupted(TrimlabError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextmanager
+def user_errors(*also: type[Exception], code: int = 1, describe: Callable[[Exception], str] = str) -> Iterator[None]:
+    """What every entry point runs inside: a `TrimlabError` (and the `also` types) becomes one line on stderr and
+    its exit code (an `Interrupted` run's 128 + signal, else `code`); anything else is a bug and keeps its
+    traceback. HYDRA_FULL_ERROR=1 keeps the traceback of user errors too."""
+    try:
+        yield
+    except (TrimlabError, *also) as err:
+        if full_errors():
+            raise
+        fail(describe(err), code=getattr(err, "exit_code", code))

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from trimlab import rundir, schema
-from trimlab.cli import config_dir, launch
-from trimlab.errors import CheckpointError, TrimlabError, fail, full_errors
+from trimlab import schema
+from trimlab.errors import CheckpointError, user_errors
+from trimlab.launch import config_dir, launch
 
 HEADLINE = schema.names(where="metrics", headline=True)
-
-
-def load_run(run_dir: Path, data_root: str | None = None) -> tuple[DictConfig, dict[str, Any]]:
-    """A run's saved config (re-pointed at its own dir) and its summary."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    cfg.paths.output_dir = str(run_dir)
-    if data_root:
-        cfg.paths.data_root = data_root
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except ValueError as err:
-        raise TrimlabError(f"{summary_path} is corrupt ({err}); restore it or re-run the training") from err
-    rundir.set_run_id(summary.get("run_id") or rundir.run_id_from_dir(run_dir))
-    return cfg, summary
 
 
 def is_compressed(which: str, summary: dict[str, Any]) -> bool:
@@ -54,7 +38,7 @@ def evaluate(run_dir: Path, ckpt: str = "deployed", data_root: str | None = None
 
     from trimlab.checkpoints import load_weights
     from trimlab.evaluation import evaluate_model
-    from trimlab.pipeline import build
+    from trimlab.factory import build, load_run
 
     cfg, summary = load_run(run_dir, data_root)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -103,12 +87,8 @@ def compare(run_dir: Path, summary: dict[str, Any], metrics: dict[str, Any], pat
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def run(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         result = evaluate(Path(cfg.run_dir), str(cfg.ckpt), cfg.data_root)
-    except TrimlabError as err:
-        if full_errors():
-            raise
-        fail(str(err))
     for key in HEADLINE:
         print(f"{key:22s} {result['metrics'][key]:.6f}  (summary: {result['summary_metrics'][key]})")
     print(f"reproduces the run's summary: {result['reproduces']} (max abs diff {result['max_abs_diff']})")

@@ -1,19 +1,26 @@
 """Config → objects: `make` (Hydra's instantiate with errors that name the config key), the backbone sized by the
-data, and the DataModule + task pair every entry point starts from."""
+data and checked against the model contract (`trimlab.models`), the DataModule + task pair every entry point starts
+from, and a finished run's saved config and summary (`load_run`).
+
+Entry points, the pipeline, compression and distillation import these from here, never from each other."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from trimlab import rundir
+from trimlab.batches import first_test_inputs, take
 from trimlab.data.base import ClassificationDataModule
 from trimlab.errors import ConfigError, TrimlabError
+from trimlab.models import check_head, check_logits
 from trimlab.task import ClassificationTask
 
 
@@ -38,8 +45,11 @@ def make(node: DictConfig, key: str | None = None, **kwargs: Any) -> Any:
         raise ConfigError(f"{key} cannot be built: {first_line}; fix the {key}.* settings (see --cfg job)") from None
 
 
-def make_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, compile: bool = False) -> torch.nn.Module:
-    """The backbone from `cfg.model`, sized by the data; `model.compile` is trimlab's key, not the class's."""
+def make_backbone(
+    cfg: DictConfig, datamodule: ClassificationDataModule, compile: bool = False, check_on: Any = None
+) -> torch.nn.Module:
+    """The backbone from `cfg.model`, sized by the data and checked against the model contract (its logits' shape
+    too, on `check_on` inputs, before compiling); `model.compile` is trimlab's key, not the class's."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
     wants_compile = bool(node.pop("compile", False))
     node.pop("pretrained", None)  # trimlab's key: weights loaded by `train` (transfer.load_pretrained)
@@ -55,12 +65,41 @@ def make_backbone(cfg: DictConfig, datamodule: ClassificationDataModule, compile
             raise
         raise ConfigError(
             f"model {node['_target_']} does not fit data {type(datamodule).__name__} ({err.__cause__}); pick a "
-            "model for this modality (vision: cnn, resnet; text: transformer, hf_encoder; speech: speech_cnn, "
-            "speech_resnet)"
+            f"model for this modality ({models_for(getattr(datamodule, 'modality', None))})"
         ) from err
+    check_head(backbone, node["_target_"])
+    if check_on is not None:
+        check_logits(backbone, node["_target_"], check_on, datamodule.num_classes)
     if compile and wants_compile:
         backbone.compile()  # in place: state_dict keys stay the same, checkpoints load into an eager model
     return backbone
+
+
+def models_for(modality: str | None) -> str:
+    """`model=` options by the modality their class declares, read from the model/ dir of every config dir
+    (trimlab's, and those added with `hydra.searchpath`): e.g. `vision: cnn, resnet`; only the data's own
+    modality when it declares one."""
+    by_modality: dict[str, list[str]] = {}
+    found = {p.name: p for d in reversed(config_dirs()) for p in (d / "model").glob("*.yaml")}  # first dir wins
+    for path in sorted(found.values(), key=lambda p: p.name):
+        try:
+            declared = getattr(get_class(str(OmegaConf.load(path).get("_target_"))), "modality", None)
+        except Exception:  # a config whose class does not import is no option to list
+            continue
+        if declared:
+            by_modality.setdefault(declared, []).append(path.stem)
+    shown = {modality: by_modality[modality]} if modality in by_modality else by_modality
+    return "; ".join(f"{name}: {', '.join(options)}" for name, options in shown.items())
+
+
+def config_dirs() -> list[Path]:
+    """The running Hydra job's config dirs in search order (trimlab's and those a `hydra.searchpath` adds: a
+    user's own configs), or trimlab's alone outside a job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return [Path(rundir.config_dir())]
+    return [Path(s.path) for s in HydraConfig.get().runtime.config_sources if s.schema == "file" and s.path]
 
 
 def build(
@@ -72,6 +111,21 @@ def build(
     datamodule.artifacts_from = artifacts_from
     datamodule.prepare_data()
     datamodule.setup("fit")
-    backbone = make_backbone(cfg, datamodule, compile)
+    backbone = make_backbone(cfg, datamodule, compile, check_on=take(first_test_inputs(datamodule), 2))
     task = make(cfg.task, backbone=backbone, num_classes=datamodule.num_classes, class_names=datamodule.class_names)
     return datamodule, task
+
+
+def load_run(run_dir: Path, data_root: str | None = None) -> tuple[DictConfig, dict[str, Any]]:
+    """A run's saved config (re-pointed at its own dir) and its summary; the run id becomes the current one."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.paths.output_dir = str(run_dir)
+    if data_root:
+        cfg.paths.data_root = data_root
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError as err:
+        raise TrimlabError(f"{summary_path} is corrupt ({err}); restore it or re-run the training") from err
+    rundir.set_run_id(summary.get("run_id") or rundir.run_id_from_dir(run_dir))
+    return cfg, summary

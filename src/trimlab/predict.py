@@ -12,8 +12,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from trimlab.cli import config_dir, launch
-from trimlab.errors import TrimlabError, fail, full_errors
+from trimlab.errors import TrimlabError, user_errors
+from trimlab.launch import config_dir, launch
 
 
 def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deployed", batch_size: int = 256) -> Path:
@@ -24,8 +24,8 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deplo
     from trimlab.batches import forward
     from trimlab.checkpoints import load_weights
     from trimlab.compare import check_writable
-    from trimlab.evaluate import checkpoint_path, is_compressed, load_run
-    from trimlab.pipeline import make_backbone
+    from trimlab.evaluate import checkpoint_path, is_compressed
+    from trimlab.factory import load_run, make_backbone
     from trimlab.report import write_text
 
     output = output or run_dir / "predictions.csv"
@@ -62,7 +62,7 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deplo
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
 def run(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         output = predict(
             Path(cfg.run_dir),
             Path(cfg.inputs),
@@ -70,10 +70,6 @@ def run(cfg: DictConfig) -> None:
             str(cfg.ckpt),
             int(cfg.batch_size),
         )
-    except TrimlabError as err:
-        if full_errors():
-            raise
-        fail(str(err))
     print(output.absolute(), flush=True)
 
 

@@ -18,6 +18,22 @@ from trimlab.errors import ConfigError
 DROPPED = ("ckpt_path=", "hydra.run.dir=")
 
 
+def resume_command(
+    cfg: DictConfig, argv: list[str], overrides: list[str], multirun: bool, printing_cfg: bool
+) -> tuple[list[str], list[str]] | None:
+    """For `ckpt_path=`: the command line (argv, overrides) that resumes the run in its own dir, or that starts a
+    new run from another run's checkpoint with that run's overrides; None when the command runs as given."""
+    if multirun and cfg.get("ckpt_path") == "last":
+        raise ConfigError("ckpt_path=last resumes one run; drop -m, or give each job its own ckpt_path=<file>")
+    if multirun or not cfg.get("ckpt_path") or printing_cfg:
+        return None
+    resumed = resume_overrides(cfg, overrides)
+    if resumed == overrides:
+        return None
+    flags = [a for a in argv if a not in overrides]
+    return [*flags, *resumed], resumed
+
+
 def resume_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """The overrides to run: for a checkpoint of a trimlab run, that run's saved overrides, then the user's."""
     explicit_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)

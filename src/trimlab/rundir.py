@@ -1,4 +1,4 @@
-"""Run ids and run dirs.
+"""Run ids, run dirs, and where the configs are.
 
 A run dir is `<output_root>/<task_name>/<date>_<time>_<run id>`, so two runs started in the same second never
 share one. The run id is the run's name everywhere (dir suffix, W&B id, summary). Hydra resolves `${run_id:}`
@@ -16,6 +16,12 @@ from omegaconf import OmegaConf
 
 _current_id: str | None = None
 RUN_DIR_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_(?P<id>[0-9a-z]{8})$")
+
+
+def config_dir() -> str:
+    """The packaged configs in an installed wheel; the repo's top-level conf/ in a checkout."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
 def current_run_id() -> str:

@@ -6,16 +6,18 @@ import logging
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from trimlab import rundir
-from trimlab.cli import config_dir, launch
-from trimlab.errors import Interrupted, TrimlabError, fail, full_errors
+from trimlab.errors import Interrupted, TrimlabError, fail, full_errors, user_errors
+from trimlab.launch import config_dir, launch
+from trimlab.processes import multi_process
 
 log = logging.getLogger("trimlab")
 failed_jobs: list[str] = []
@@ -26,36 +28,38 @@ def run(cfg: DictConfig) -> float | list[float] | None:
     """One job; returns the `optimized_metric` value(s) to a sweeper (None when the job failed)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    try:
-        if hydra_cfg.mode == RunMode.MULTIRUN and relaunches_script(cfg):
-            run_job_in_fresh_process(run_dir)
-            return
-        share_cores(hydra_cfg)
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # sweep jobs share a W&B group named after the sweep
-            rundir.set_sweep_name(Path(hydra_cfg.sweep.dir).name)
-        from trimlab.pipeline import train
-        from trimlab.sweep import objective
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    # A signal stops the whole command; in a sweep the sweeper records the trial interrupted and says how to
+    # resume the sweep, so errors pass through to it.
+    with nullcontext() if sweep else user_errors():
+        try:
+            return job(cfg, hydra_cfg, run_dir)
+        except Exception as err:
+            if full_errors() or not sweep or isinstance(err, Interrupted):
+                raise  # outside a sweep: a user error becomes one line, a bug keeps its traceback
+            # One failed job never stops the sweep; its summary says why, the log has the traceback.
+            log.error("job %s failed: %s", run_dir, err, exc_info=not isinstance(err, TrimlabError))
+            failed_jobs.append(str(run_dir))
+            return None
+        finally:
+            rundir.set_run_id(None)  # the next sweep job gets its own id
+            rundir.set_sweep_name(None)
 
-        # Ranks > 0 of a DDP run are this command re-run with the same run dir: the dir names the id.
-        run_id = rundir.run_id_from_dir(run_dir) or rundir.current_run_id()
-        return objective(cfg, train(cfg, run_dir, run_id, overrides=list(hydra_cfg.overrides.task)))
-    except Interrupted as err:  # a signal stops the whole command, a sweep included
-        if full_errors() or hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # in a sweep the sweeper records the trial interrupted and says how to resume the sweep
-        fail(str(err), code=err.exit_code)
-    except Exception as err:
-        sweep = hydra_cfg.mode == RunMode.MULTIRUN
-        if full_errors() or not (sweep or isinstance(err, TrimlabError)):
-            raise  # a bug, outside a sweep: keep its traceback
-        if not sweep:
-            fail(str(err))
-        # One failed job never stops the sweep; its summary says why, the log has the traceback.
-        log.error("job %s failed: %s", run_dir, err, exc_info=not isinstance(err, TrimlabError))
-        failed_jobs.append(str(run_dir))
+
+def job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | list[float] | None:
+    """The job itself, errors left to `run`: a multi-process sweep job in a fresh process, else the pipeline."""
+    if hydra_cfg.mode == RunMode.MULTIRUN and relaunches_script(cfg):
+        run_job_in_fresh_process(run_dir)
         return None
-    finally:
-        rundir.set_run_id(None)  # the next sweep job gets its own id
-        rundir.set_sweep_name(None)
+    share_cores(hydra_cfg)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # sweep jobs share a W&B group named after the sweep
+        rundir.set_sweep_name(Path(hydra_cfg.sweep.dir).name)
+    from trimlab.pipeline import train
+    from trimlab.sweep import objective
+
+    # Ranks > 0 of a DDP run are this command re-run with the same run dir: the dir names the id.
+    run_id = rundir.run_id_from_dir(run_dir) or rundir.current_run_id()
+    return objective(cfg, train(cfg, run_dir, run_id, overrides=list(hydra_cfg.overrides.task)))
 
 
 def share_cores(hydra_cfg) -> None:
@@ -79,9 +83,7 @@ def relaunches_script(cfg: DictConfig) -> bool:
     start_method = strategy.get("start_method", "popen") if isinstance(strategy, DictConfig) else "popen"
     if isinstance(strategy, str) and "spawn" in strategy or start_method != "popen":
         return False
-    devices = trainer.get("devices", 1)
-    many_devices = (len(devices) if isinstance(devices, ListConfig) else str(devices)) not in (1, "1", "auto")
-    return many_devices or int(trainer.get("num_nodes", 1)) > 1
+    return multi_process(cfg)
 
 
 def run_job_in_fresh_process(run_dir: Path) -> None:

@@ -86,7 +86,7 @@ class Distill(Stage):
         self.teacher_data: Any = None
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
-        from trimlab.evaluate import load_run
+        from trimlab.factory import load_run
 
         if self.untrained:
             return
@@ -183,8 +183,7 @@ def untrained_copy(model: nn.Module) -> nn.Module:
 def load_teacher(run_dir: Path) -> tuple[nn.Module, Any]:
     """The teacher's backbone with its tested weights, and its DataModule (its own tokenizer, from its run dir)."""
     from trimlab.checkpoints import load_weights
-    from trimlab.evaluate import load_run
-    from trimlab.factory import build
+    from trimlab.factory import build, load_run
 
     cfg, _ = load_run(run_dir)
     datamodule, task = build(cfg, artifacts_from=run_dir)

@@ -176,6 +176,9 @@ def fingerprint(*arrays: np.ndarray | torch.Tensor, extra: str = "") -> str:
 class ClassificationDataModule(pl.LightningDataModule):
     """Subclasses implement `load()` → (inputs, labels, class_names, split) and may override `augment_batch`."""
 
+    # The kind of inputs (vision, text, speech): which models fit is listed by it (trimlab.factory).
+    modality: str | None = None
+
     def __init__(
         self,
         batch_size: int = 32,

@@ -104,6 +104,8 @@ def random_time_shift(inputs: torch.Tensor, max_shift: int) -> torch.Tensor:
 class SpeechDataModule(ClassificationDataModule):
     """Fixed-length waveforms (N, 1, sample_rate × clip_seconds); gain and time-shift augmentation on the batch."""
 
+    modality = "speech"
+
     def __init__(
         self,
         root: str | None = None,

@@ -32,6 +32,8 @@ Rows = tuple[list[str], list[str]]  # texts, labels as written in the file
 class TextDataModule(ClassificationDataModule):
     """Texts held as lists of token-id tensors; padded per batch to the longest text in it."""
 
+    modality = "text"
+
     def __init__(
         self,
         root: str | None = None,

@@ -29,6 +29,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 class VisionDataModule(ClassificationDataModule):
     """Images held in memory as normalized (N, C, H, W) float tensors; shift/flip augmentation on the batch."""
 
+    modality = "vision"
+
     mean: float | list[float] = 0.5
     std: float | list[float] = 0.5
 

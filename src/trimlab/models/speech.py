@@ -194,6 +194,8 @@ class SpeechClassifier(nn.Module):
     `body.head`, so transfer learning finds it like any other backbone's head. Window and hop are given in ms
     and converted at the data's `sample_rate`; `n_fft` defaults to the next power of two >= the window."""
 
+    modality = "speech"  # the data it fits (see the model contract in trimlab.models)
+
     def __init__(
         self,
         input_shape: Sequence[int],

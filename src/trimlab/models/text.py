@@ -67,6 +67,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 class TransformerClassifier(nn.Module):
     """Token + learned position embeddings, `depth` encoder blocks, mean/max/[CLS] pooling, linear head."""
 
+    modality = "text"  # the data it fits (see the model contract in trimlab.models)
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -112,6 +114,8 @@ def default_encoder_dir() -> str | None:
 
 class PretrainedEncoder(nn.Module):
     """A Hugging Face encoder from a local dir (never a hub) + dropout + linear head on the pooled output."""
+
+    modality = "text"  # the data it fits (see the model contract in trimlab.models)
 
     def __init__(
         self,

@@ -23,6 +23,8 @@ class SmallCNN(nn.Module):
     lets a three-conv net reach 99% on MNIST in three epochs.
     """
 
+    modality = "vision"  # the data it fits (see the model contract in trimlab.models)
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -75,6 +77,8 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """A small ResNet: stem, `stages` stages of `blocks_per_stage` basic blocks (width doubling, stride 2)."""
+
+    modality = "vision"  # the data it fits (see the model contract in trimlab.models)
 
     def __init__(
         self,

@@ -1,8 +1,10 @@
-"""Checks made before Hydra starts a job, so bad input fails in a second with one clear line.
+"""What runs the command line before Hydra does: the config dir, each sweep value composed once (`glob(*)`
+expanded as Hydra's sweeper would), the checks, a resume's rewritten command, then the Hydra app.
 
-`preflight` composes the config the way Hydra will (each value of a sweep once), checks group options, value
-ranges and the output dir, and turns `ckpt_path=last` into a resume of that run in its own run dir.
-Only Hydra and OmegaConf are imported here: torch and Lightning load after the checks pass.
+`preflight` composes the config the way Hydra will, checks group options, value ranges and the output dir
+(`trimlab.checks`), and turns `ckpt_path=last` into a resume of that run in its own run dir (`trimlab.resume`), so
+bad input fails in a second with one clear line. Only Hydra and OmegaConf are imported here: torch and Lightning
+load after the checks pass.
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import rundir
-from trimlab.checks import check_output_dir, check_run_dir, required_arguments, smoke_test_stand_ins, validate_config
+from trimlab.checks import (
+    check_output_dir,
+    check_run_dir,
+    refuse_hydra_sweeps,
+    required_arguments,
+    smoke_test_stand_ins,
+    validate_config,
+)
 from trimlab.compression_checks import check_listed_once
-from trimlab.errors import ConfigError, TrimlabError, fail, full_errors
+from trimlab.errors import ConfigError, full_errors, user_errors
 from trimlab.redaction import refuse_secret_overrides
-from trimlab.resume import check_not_another_run, resume_overrides
-
-
-def config_dir() -> str:
-    """The packaged configs in an installed wheel; the repo's top-level conf/ in a checkout."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+from trimlab.resume import check_not_another_run, resume_command
+from trimlab.rundir import config_dir  # noqa: F401 - the entry points' config dir, imported from here
 
 
 def _variants(overrides: list[str]) -> list[list[str]]:
@@ -81,18 +85,6 @@ def _sample_value(override) -> str:
             picked = picked[0] if attribute == "list" else picked
             return str(picked.list[0] if hasattr(picked, "list") else picked)
     return override.get_value_element_as_str()
-
-
-def refuse_hydra_sweeps(overrides: list[str]) -> None:
-    """`hydra.sweeper.params.x=choice(1,2)` unquoted is a sweep over Hydra's own setting, which Hydra refuses."""
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.get_key_element().lstrip("+~")
-        if key.startswith("hydra.") and override.is_sweep_override():
-            value = override.input_line.partition("=")[2]
-            raise ConfigError(
-                f"{override.input_line}: an unquoted {value} here sweeps a Hydra setting; quote the search space "
-                f"so the sweeper gets it: '{override.get_key_element()}=\"{value}\"'"
-            )
 
 
 def check_search_space(config_name: str, cfg: DictConfig, overrides: list[str]) -> None:
@@ -150,40 +142,39 @@ def preflight(argv: list[str], config_name: str = "train") -> list[str]:
         return argv
     if args.config_name and args.config_name != config_name:
         return argv
-    try:
-        refuse_secret_overrides(args.overrides)
-        refuse_hydra_sweeps(args.overrides)
-        check_listed_once(args.overrides)
-        configs = [_compose(config_name, overrides) for overrides in _variants(args.overrides)]
-        cfg = configs[0]
-        if "run_dir" in list(cfg.keys()):
-            required_arguments(cfg, f"trimlab-{config_name}")
-        for each in configs:
-            smoke_test_stand_ins(each)
-            validate_config(each)
-        multirun = args.multirun or str(OmegaConf.select(cfg, "hydra.mode")).endswith("MULTIRUN")
-        if multirun:
-            check_search_space(config_name, cfg, list(args.overrides))
-        if "run_dir" in list(cfg.keys()):
-            check_run_dir(cfg)
-        if args.multirun and cfg.get("ckpt_path") == "last":
-            raise ConfigError("ckpt_path=last resumes one run; drop -m, or give each job its own ckpt_path=<file>")
-        if not args.multirun and cfg.get("ckpt_path") and not args.cfg:
-            resumed = resume_overrides(cfg, list(args.overrides))
-            if resumed != list(args.overrides):
-                cfg = _compose(config_name, resumed)
-                flags = [a for a in argv if a not in args.overrides]
-                argv = [*flags, *resumed]
-        if config_name == "train" and not multirun and not args.cfg:
-            check_not_another_run(cfg)
-        output_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-        check_output_dir(Path(OmegaConf.select(cfg, output_key)), output_key)
-    except (TrimlabError, HydraException, OmegaConfBaseException) as err:
-        if full_errors():
-            raise
-        fail(_one_line(err), code=2)
-    except ValueError as err:  # Hydra's defaults list refuses a number as an option name (precision=32)
-        if full_errors() or "Config group override" not in str(err):
-            raise
-        fail(f"{err}: option names are strings; see --help for the options of each group", code=2)
+    with user_errors(HydraException, OmegaConfBaseException, code=2, describe=_one_line):
+        try:
+            return _checked(argv, args, config_name)
+        except ValueError as err:  # Hydra's defaults list refuses a number as an option name (precision=32)
+            if full_errors() or "Config group override" not in str(err):
+                raise
+            raise ConfigError(f"{err}: option names are strings; see --help for the options of each group") from err
+
+
+def _checked(argv: list[str], args, config_name: str) -> list[str]:
+    """Every check of the command line, each sweep value composed once; the command to run (a resume's)."""
+    overrides = list(args.overrides)
+    refuse_secret_overrides(overrides)
+    refuse_hydra_sweeps(overrides)
+    check_listed_once(overrides)
+    configs = [_compose(config_name, variant) for variant in _variants(overrides)]
+    cfg = configs[0]
+    if "run_dir" in list(cfg.keys()):
+        required_arguments(cfg, f"trimlab-{config_name}")
+    for each in configs:
+        smoke_test_stand_ins(each)
+        validate_config(each)
+    multirun = args.multirun or str(OmegaConf.select(cfg, "hydra.mode")).endswith("MULTIRUN")
+    if multirun:
+        check_search_space(config_name, cfg, overrides)
+    if "run_dir" in list(cfg.keys()):
+        check_run_dir(cfg)
+    resumed = resume_command(cfg, argv, overrides, args.multirun, bool(args.cfg))
+    if resumed:
+        argv, overrides = resumed
+        cfg = _compose(config_name, overrides)
+    if config_name == "train" and not multirun and not args.cfg:
+        check_not_another_run(cfg)
+    output_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    check_output_dir(Path(OmegaConf.select(cfg, output_key)), output_key)
     return argv
