@@ -108,6 +108,20 @@ def test_a_basic_sweep_writes_its_summary_and_pareto_plot_also_to_wandb(tmp_path
 
 
 @pytest.mark.slow
+def test_a_sweep_whose_jobs_name_their_own_dirs_lists_every_job(tmp_path):
+    """As `-m 'experiment=glob(*)'` does: each preset's task_name gives its job a dir of its own."""
+    result = run_cli("-m", "task_name=alpha,beta", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("alpha", "beta"):
+        assert len(list((tmp_path / "outputs" / name / "multirun").glob("*/*/summary.json"))) == 1
+    (sweep,) = (tmp_path / "outputs" / "train" / "multirun").iterdir()
+    jobs = rows(sweep)
+    assert [j["status"] for j in jobs] == ["completed", "completed"]
+    assert [Path(j["run_dir"]).parts[-4] for j in jobs] == ["alpha", "beta"]
+    assert "sweep: 2 jobs, 0 failed" in result.stdout
+
+
+@pytest.mark.slow
 def test_joblib_jobs_run_side_by_side_on_their_share_of_the_cores(tmp_path):
     # Hydra's joblib config (n_jobs=-1: as many jobs at once as cores), as users type it
     result = run_cli("-m", "hydra/launcher=joblib", "model=cnn,resnet", *TINY[:-2], cwd=tmp_path)

@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,13 @@ def _read_row(job_dir: Path, stamps: tuple) -> dict[str, Any] | None:
     return row
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+def write_summary(sweep_dir: Path, elsewhere: Iterable[Path] = ()) -> list[dict[str, Any]]:
+    """`elsewhere`: this sweep's job dirs outside its sweep dir, where a job's own task_name puts them (as each
+    preset does under `-m 'experiment=glob(*)'`); the sweep's summary then still lists every job."""
     from trimlab.report import write_json, write_text
 
-    rows = [row for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if (row := job_row(job))]
+    jobs = {p for p in sweep_dir.iterdir() if p.is_dir()} | {Path(p) for p in elsewhere if Path(p).is_dir()}
+    rows = [row for job in sorted(jobs) if (row := job_row(job))]
     rows.sort(key=lambda r: (int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 1 << 30, r["job"]))
     failed = sum(r["status"] == "failed" for r in rows)
     interrupted = sum(r["status"] == "interrupted" for r in rows)
@@ -154,7 +158,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = write_summary(sweep_dir)
+        rows = write_summary(sweep_dir, started_jobs.values())
         failed = [r["job"] for r in rows if r["status"] == "failed"]
         failed_in_sweep.extend(failed)
         from trimlab.sweep_report import report
