@@ -236,3 +236,7 @@ def test_a_preset_that_starts_from_another_run_names_what_to_pass(capsys):
     assert "speech_commands_transfer needs model.pretrained=<the run dir of an experiment=fsdd_cnn run>" in line
     # A fast_dev_run stands in for it (random weights), so a smoke test over every preset needs no other run.
     assert preflight(["experiment=speech_commands_transfer", "++trainer.fast_dev_run=true"])
+
+
+def test_a_fraction_key_of_a_users_own_data_is_not_taken_for_a_held_out_share():
+    assert preflight(["++data.noise_fraction=1.5", "++data.crop_fraction=0.9"])

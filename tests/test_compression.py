@@ -166,6 +166,15 @@ def test_a_channel_ratio_that_empties_a_layer_is_refused(tmp_path):
         PruneStructured(channel_ratio=0.9).check_model(model, context.sample[:2])
 
 
+def test_a_model_that_opts_out_of_structured_pruning_is_refused_whatever_its_modules_are_named(tmp_path):
+    model, context = cnn_context(tmp_path)
+    model.encoder = nn.Identity()  # a submodule name alone says nothing about what pruning may cut
+    PruneStructured(channel_ratio=0.5).check(context.datamodule, model)
+    model.prunable_channels = False  # the model contract's opt-out (trimlab.models)
+    with pytest.raises(ConfigError, match="prune_structured cannot prune SmallCNN"):
+        PruneStructured(channel_ratio=0.5).check(context.datamodule, model)
+
+
 def test_structured_pruning_of_a_transformer_touches_only_the_feed_forward_width(tmp_path):
     model, context = text_context(tmp_path)
     pruned = PruneStructured(channel_ratio=0.5, epochs=0).apply(model, context)

@@ -119,7 +119,7 @@ def check_data_fractions(cfg: DictConfig) -> None:
     if labelled is not None and not 0 < labelled <= 1:
         raise ConfigError(f"data.labelled_fraction={labelled} is outside (0, 1]; e.g. 0.1 keeps 10% of the labels")
     fractions = {}
-    held_out = [k for k in (cfg.get("data") or {}) if str(k).endswith("_fraction") and k != "labelled_fraction"]
+    held_out = [k for k in ("val_fraction", "test_fraction") if k in (cfg.get("data") or {})]
     for key in held_out:
         value = fractions[f"data.{key}"] = _number(cfg, f"data.{key}")
         if value is not None and not 0 < value < 1:

@@ -17,14 +17,13 @@ from trimlab.launch import config_dir, launch
 
 
 def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deployed", batch_size: int = 256) -> Path:
-    import torch
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader
 
-    from trimlab.batches import forward
     from trimlab.checkpoints import load_weights
     from trimlab.compare import check_writable
     from trimlab.evaluate import checkpoint_path, is_compressed
+    from trimlab.evaluation import predict_logits
     from trimlab.factory import load_run, make_backbone
     from trimlab.report import write_text
 
@@ -47,8 +46,7 @@ def predict(run_dir: Path, inputs: Path, output: Path | None, ckpt: str = "deplo
         model = task.eval().backbone
 
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=datamodule.collate)
-    with torch.inference_mode():
-        probs = torch.cat([forward(model, batch_inputs).float().softmax(-1) for batch_inputs, _ in loader])
+    probs = predict_logits(model, loader)[0].softmax(-1)
     confidence, index = probs.max(-1)
 
     buffer = io.StringIO()

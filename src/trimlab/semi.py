@@ -23,6 +23,7 @@ from trimlab.checkpoints import load_weights
 from trimlab.cost import RunClock
 from trimlab.data.base import ArrayDataset, ClassificationDataModule, stratified_split
 from trimlab.errors import ConfigError
+from trimlab.evaluation import predict_logits
 from trimlab.task import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,8 @@ def enabled(cfg: DictConfig) -> bool:
 @torch.inference_mode()
 def predict_probs(task: ClassificationTask, dataset: ArrayDataset, datamodule: ClassificationDataModule, precision):
     """In the run's precision (Lightning's plugin): a bf16-true model takes bf16 inputs."""
-    task.eval()
     loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, collate_fn=datamodule.collate)
-    with precision.forward_context():
-        return torch.cat([task(precision.convert_input(inputs)).float().softmax(-1) for inputs, _ in loader])
+    return predict_logits(task.eval().backbone, loader, precision)[0].softmax(-1)
 
 
 def first_round(

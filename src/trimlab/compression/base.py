@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.errors import ConfigError
+from trimlab.models import head_of
 
 
 @dataclass
@@ -102,8 +103,7 @@ def target_modules(model: nn.Module, kinds: list[str]) -> list[tuple[str, nn.Mod
 
 def classifier_head(model: nn.Module) -> nn.Module | None:
     """The last Linear under `head` (every trimlab backbone names its classifier so): kept whole by pruning."""
-    head = model.get_submodule("body.head") if hasattr(model, "body") and hasattr(model.body, "head") else None
-    head = head if head is not None else getattr(model, "head", None)
+    head = head_of(model)
     if head is None:
         return None
     linears = [m for m in ([head] if isinstance(head, nn.Linear) else head.modules()) if isinstance(m, nn.Linear)]

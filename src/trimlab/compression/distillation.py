@@ -26,6 +26,7 @@ from trimlab.batches import forward
 from trimlab.compression.base import Stage
 from trimlab.compression_checks import check_teacher_dir
 from trimlab.errors import ConfigError
+from trimlab.evaluation import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,8 @@ class Distill(Stage):
             except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
                 log.warning("teacher logits cache %s is unreadable: recomputing it", path)
         log.info("computing the teacher's logits over %d train items (cached in %s)", len(teacher), path)
-        logits = predict_logits(self.teacher, teacher, self.teacher_data.collate, self.teacher_data.eval_batch_size)
+        loader = DataLoader(teacher, batch_size=self.teacher_data.eval_batch_size, collate_fn=self.teacher_data.collate)
+        logits = predict_logits(self.teacher.eval(), loader)[0]
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a temp file
         torch.save(logits, temporary)
@@ -189,12 +191,3 @@ def load_teacher(run_dir: Path) -> tuple[nn.Module, Any]:
     datamodule, task = build(cfg, artifacts_from=run_dir)
     load_weights(task, teacher_checkpoint(run_dir))
     return task.backbone.eval(), datamodule
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, dataset: Dataset, collate: Any, batch_size: int) -> torch.Tensor:
-    model.eval()
-    outputs = []
-    for inputs, _ in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        outputs.append(forward(model, inputs).float())
-    return torch.cat(outputs)

@@ -164,7 +164,7 @@ class PruneStructured(Stage):
         )  # fmt: skip
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
-        if hasattr(model, "encoder"):  # a Hugging Face encoder: its attention keeps head sizes pruning would break
+        if not getattr(model, "prunable_channels", True):  # the model contract's opt-out (a pretrained encoder)
             raise ConfigError(
                 f"prune_structured cannot prune {type(model).__name__} (a pretrained encoder's attention heads "
                 "would be cut unevenly); distill it into model=transformer and prune that, or use prune"

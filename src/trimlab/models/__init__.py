@@ -11,7 +11,8 @@ The model contract, which every backbone (trimlab's or a user's, named by `model
   models do): transfer learning re-initializes it for new classes and freezes everything else first, and pruning
   keeps its last Linear whole.
 - It may declare `modality` ("vision", "text", "speech"), the data it fits: the error for a model of the wrong
-  modality lists the models that fit.
+  modality lists the models that fit; and `prunable_channels = False` when structured pruning must not cut it
+  (a pretrained encoder's attention heads).
 
 `check_contract` runs when the model is built (`trimlab.factory`), so a model that breaks it fails with one line
 before training, not deep inside transfer, pruning or the loss.

@@ -116,6 +116,7 @@ class PretrainedEncoder(nn.Module):
     """A Hugging Face encoder from a local dir (never a hub) + dropout + linear head on the pooled output."""
 
     modality = "text"  # the data it fits (see the model contract in trimlab.models)
+    prunable_channels = False  # its attention heads keep their sizes: prune_structured would cut them unevenly
 
     def __init__(
         self,
