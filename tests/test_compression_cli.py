@@ -165,12 +165,12 @@ def test_quantizing_a_model_that_cannot_be_exported_names_the_module(tmp_path):
         "class DataDependent(torch.nn.Module):\n"
         "    def __init__(self, input_shape, num_classes):\n"
         "        super().__init__()\n"
-        "        self.linear = torch.nn.Linear(64, num_classes)\n"
+        "        self.head = torch.nn.Linear(64, num_classes)\n"
         "    def forward(self, x):\n"
         "        x = x.flatten(1)\n"
         "        if x.sum() > 0:\n"
-        "            return self.linear(x)\n"
-        "        return -self.linear(x)\n"
+        "            return self.head(x)\n"
+        "        return -self.head(x)\n"
     )
     result = run_cli(*ONE_EPOCH, "~model", "+model._target_=odd_models.DataDependent", "compression=[quantize_static]",
                      cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})  # fmt: skip

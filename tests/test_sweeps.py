@@ -88,11 +88,15 @@ def test_a_search_space_over_an_unknown_key_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_basic_sweep_writes_its_summary_and_pareto_plot_also_to_wandb(tmp_path):
-    result = run_cli("-m", "seed=1,2", "logger=wandb", *TINY, cwd=tmp_path)
+    # Each job names its own dir, as each preset does under -m 'experiment=glob(*)': the sweep still lists both.
+    result = run_cli("-m", "task_name=alpha,beta", "logger=wandb", *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    sweep = next((tmp_path / "outputs" / "train" / "multirun").iterdir())
+    for name in ("alpha", "beta"):
+        assert len(list((tmp_path / "outputs" / name / "multirun").glob("*/*/summary.json"))) == 1
+    (sweep,) = (tmp_path / "outputs" / "train" / "multirun").iterdir()
     jobs = rows(sweep)
     assert [j["status"] for j in jobs] == ["completed", "completed"]
+    assert [Path(j["run_dir"]).parts[-4] for j in jobs] == ["alpha", "beta"]
     assert "sweep: 2 jobs, 0 failed" in result.stdout
     sweeper = OmegaConf.load(sweep / "multirun.yaml").hydra.sweeper._target_
     assert sweeper == "hydra_plugins.trimlab_sweeper.basic_sweeper.BasicSweeper"  # conf/hydra/sweeper/basic.yaml
@@ -105,20 +109,6 @@ def test_a_basic_sweep_writes_its_summary_and_pareto_plot_also_to_wandb(tmp_path
     recorded = json.loads(inspected.stdout)
     assert recorded["summary"]["pareto"]["_type"].startswith("image") and recorded["summary"]["jobs"] == 2
     assert recorded["summary"]["sweep_summary"]["_type"] == "table-file"
-
-
-@pytest.mark.slow
-def test_a_sweep_whose_jobs_name_their_own_dirs_lists_every_job(tmp_path):
-    """As `-m 'experiment=glob(*)'` does: each preset's task_name gives its job a dir of its own."""
-    result = run_cli("-m", "task_name=alpha,beta", *TINY, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("alpha", "beta"):
-        assert len(list((tmp_path / "outputs" / name / "multirun").glob("*/*/summary.json"))) == 1
-    (sweep,) = (tmp_path / "outputs" / "train" / "multirun").iterdir()
-    jobs = rows(sweep)
-    assert [j["status"] for j in jobs] == ["completed", "completed"]
-    assert [Path(j["run_dir"]).parts[-4] for j in jobs] == ["alpha", "beta"]
-    assert "sweep: 2 jobs, 0 failed" in result.stdout
 
 
 @pytest.mark.slow
