@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from trimlab import rundir
 from trimlab.compression_checks import check_compression
+from trimlab.deploy_checks import check_deploy
 from trimlab.errors import ConfigError
 from trimlab.loggers import check_tracking
 from trimlab.processes import distributed_strategy, strategy_name
@@ -103,6 +104,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_strategy(cfg)
     check_pairings(cfg)
     check_compression(cfg)
+    check_deploy(cfg)
     check_tracking(cfg)  # an MLflow server that does not answer
     objective_keys(cfg)  # a known optimized_metric, or a clear error
     timeout = _number(cfg, "trainer.strategy.timeout")

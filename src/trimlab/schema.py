@@ -117,7 +117,7 @@ BUILTIN: tuple[Figure, ...] = (
 )
 # Keys of the two blocks that hold records rather than figures: reports, per-class tables, per-stage ledgers.
 RECORDS = {"metrics": ("sklearn", "per_class", "confusion_matrix", "trained", "baseline", "after"),
-           "cost": ("baseline", "after")}  # fmt: skip
+           "cost": ("baseline", "after", "deploy")}  # fmt: skip
 
 
 def added(entries: Iterable[Any] | None) -> tuple[Figure, ...]:
