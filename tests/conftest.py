@@ -100,3 +100,14 @@ def tiny_image_folder(tmp_path: Path) -> Path:
             pixels[:, :, label] = 220
             Image.fromarray(pixels).save(root / name / f"{index}.png")
     return root
+
+
+# The files that take longest, first: pytest-xdist (`--dist loadfile`) then hands them out at the start, and the
+# two workers end together instead of one running a long file alone at the end.
+LONGEST_FIRST = ("test_every_option.py", "test_distributed.py", "test_speech.py", "test_secrets.py",
+                 "test_compression_cli.py", "test_signals.py", "test_sweeps.py", "test_text.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order

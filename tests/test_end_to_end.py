@@ -45,6 +45,16 @@ def sweep_runs(tmp_path_factory) -> list[Path]:
     return sorted(p.parent for p in (cwd / "outputs").rglob("summary.json"))
 
 
+def test_a_plain_run_records_the_golden_key_set(digits_run):
+    """The key set test_schema holds (a compressed run's is there): this module's run is the plain one."""
+    from test_schema import COST, ENV, METRICS, TOP, assert_declared, key_sets
+
+    summary = json.loads((digits_run[0] / "summary.json").read_text())
+    assert key_sets(summary) == {"top": TOP, "metrics": METRICS, "cost": COST, "env": ENV}
+    assert_declared(summary)
+    assert summary["env"]["cpu"] and summary["env"]["cpu_capability"]
+
+
 def test_run_dir_layout_and_last_line(digits_run):
     run_dir, _ = digits_run
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_[0-9a-f]{8}", run_dir.name)

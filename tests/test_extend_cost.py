@@ -65,8 +65,9 @@ def test_a_cost_figure_added_from_outside_the_package(tmp_path):
     (user / "mycost.py").write_text(MODULE)
     (user / "conf" / "experiment" / "my_costs.yaml").write_text(CONFIG)
     path = os.pathsep.join(p for p in (str(user), os.environ.get("PYTHONPATH")) if p)
-    compressed = ["compression=[prune]", "compression.prune.epochs=1"]  # the figures pass through compression too
-    result = run_cli(f"hydra.searchpath=[file://{user / 'conf'}]", "experiment=my_costs", *FAST, *compressed,
+    compressed = ["compression=[prune]", "compression.prune.epochs=0", "cost.compile=false"]  # through a stage too
+    searchpath = f"hydra.searchpath=[file://{user / 'conf'}]"
+    result = run_cli(searchpath, "experiment=my_costs", *FAST, "trainer.max_epochs=1", *compressed,
                      cwd=tmp_path, env={"PYTHONPATH": path})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = Path(result.stdout.strip().splitlines()[-1])

@@ -74,14 +74,6 @@ def run_summary(cwd: Path, *overrides: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_plain_run_records_the_golden_key_set(tmp_path):
-    summary = run_summary(tmp_path)
-    assert key_sets(summary) == {"top": TOP, "metrics": METRICS, "cost": COST, "env": ENV}
-    assert_declared(summary)
-    assert summary["env"]["cpu"] and summary["env"]["cpu_capability"]
-
-
-@pytest.mark.slow
 def test_a_compressed_run_records_the_golden_key_set(tmp_path):
     summary = run_summary(tmp_path, "compression=[prune]", "compression.prune.epochs=0")
     assert key_sets(summary) == {"top": sorted(TOP + COMPRESSED_TOP), "metrics": sorted(METRICS + COMPRESSED_METRICS),
