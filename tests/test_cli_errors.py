@@ -240,3 +240,11 @@ def test_a_preset_that_starts_from_another_run_names_what_to_pass(capsys):
 
 def test_a_fraction_key_of_a_users_own_data_is_not_taken_for_a_held_out_share():
     assert preflight(["++data.noise_fraction=1.5", "++data.crop_fraction=0.9"])
+
+
+def test_a_cost_figure_whose_measure_is_not_found_is_refused_before_the_fit(capsys):
+    figure = "{_target_:trimlab.schema.Figure,name:energy,unit:J,better:lower,phase:serving,measure:%s}"
+    line = preflight_error(capsys, f"cost.figures=[{figure % 'nowhere.joules'}]")
+    assert "cost.figures[0].measure=nowhere.joules: no such function" in line
+    assert "no such function" in preflight_error(capsys, f"cost.figures=[{figure % 'math.nothing_here'}]")
+    assert preflight([f"cost.figures=[{figure % 'math.sqrt'}]"])  # found: the run may start

@@ -104,6 +104,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_strategy(cfg)
     check_pairings(cfg)
     check_compression(cfg)
+    check_cost_figures(OmegaConf.select(cfg, "cost.figures", default=None))
     check_deploy(cfg)
     check_tracking(cfg)  # an MLflow server that does not answer
     objective_keys(cfg)  # a known optimized_metric, or a clear error
@@ -129,6 +130,27 @@ def check_data_fractions(cfg: DictConfig) -> None:
     if sum(v for v in fractions.values() if v) >= 1:
         listed = " + ".join(f"{k}={v}" for k, v in fractions.items())
         raise ConfigError(f"{listed} leaves nothing to train on; make the held-out fractions sum to less than 1")
+
+
+def check_cost_figures(entries: Any) -> None:
+    """A run's own cost figures, declared and their measure functions found, before the fit rather than after."""
+    import importlib
+
+    from trimlab import schema
+
+    schema.added(entries)
+    for index, entry in enumerate(entries or []):
+        path = str(entry.get("measure") or "")
+        module, _, function = path.rpartition(".")
+        try:
+            found = bool(module) and callable(getattr(importlib.import_module(module), function, None))
+        except ImportError:
+            found = False
+        if not found:
+            raise ConfigError(
+                f"cost.figures[{index}].measure={path or None}: no such function; set measure: <module>.<function> "
+                "(the module on PYTHONPATH, see docs/extending.md)"
+            )
 
 
 def check_devices(cfg: DictConfig) -> None:

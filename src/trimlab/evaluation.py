@@ -7,6 +7,7 @@ metrics, and `test/loss` as plain cross-entropy (label smoothing is a training c
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +58,7 @@ test_record.__test__ = False  # a function named test_*: not a pytest test
 def predict_logits(model: nn.Module, loader: Any, precision: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and targets over a loader, in the run's precision context (a Lightning precision plugin) if given."""
     logits, targets = [], []
-    context = precision.forward_context() if precision is not None else torch.inference_mode()
-    with context:
+    with precision.forward_context() if precision is not None else nullcontext():
         for inputs, target in loader:
             inputs = precision.convert_input(inputs) if precision is not None else inputs
             logits.append(forward(model, inputs).float().cpu())

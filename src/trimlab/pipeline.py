@@ -20,7 +20,7 @@ from trimlab import guards, report, rundir, semi, transfer
 from trimlab import loggers as run_loggers
 from trimlab.batches import first_test_inputs
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
-from trimlab.checks import validate_config
+from trimlab.checks import smoke_test_stand_ins, validate_config
 from trimlab.compression.registry import build_stages
 from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.csv_logger import CSVLogger
@@ -65,7 +65,10 @@ def _train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | N
     rundir.set_run_id(run_id)  # `${run_id:}` in the config (W&B id, run name) resolves to this run's id
     record, run = RunRecord(cfg, run_dir, run_id), Run(cfg, run_dir)
     try:
-        record.summary = new_summary(cfg, run_dir, run_id, overrides or [])
+        stand_ins = smoke_test_stand_ins(cfg)  # before anything reads the config: it fills in what is missing
+        for note in stand_ins:
+            log.warning(note)
+        record.summary = new_summary(cfg, run_dir, run_id, overrides or [], stand_ins)
         resumed = build_run(run, record.summary)
         record.start(writer=run.trainer.is_global_zero)
         if record.writer:

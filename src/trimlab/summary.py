@@ -6,7 +6,6 @@ crash leaves a record) and again however it ends.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trimlab import report
-from trimlab.checks import smoke_test_stand_ins
 from trimlab.errors import ConfigError
 from trimlab.evaluation import TestRecord
 from trimlab.redaction import redact, redact_overrides
-
-log = logging.getLogger(__name__)
 
 
 class RunRecord:
@@ -44,11 +40,10 @@ class RunRecord:
             report.write_json(self.path, self.summary)
 
 
-def new_summary(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str]) -> dict[str, Any]:
-    """The run's first record; a fast_dev_run's stand-ins for another run's output are set here, and listed."""
-    stand_ins = smoke_test_stand_ins(cfg)
-    for note in stand_ins:
-        log.warning(note)
+def new_summary(
+    cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str], stand_ins: list[str]
+) -> dict[str, Any]:
+    """The run's first record; `stand_ins`: what a fast_dev_run put in place of another run's output."""
     try:
         config = redact(OmegaConf.to_container(cfg, resolve=True))
     except OmegaConfBaseException as err:
