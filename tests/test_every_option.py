@@ -127,6 +127,7 @@ def commands() -> dict[str, list[str]]:
         "trainer": [*sweep("trainer", drop=("gpu",)), *sweep("debug")[1:]],
         "gpu": ["trainer=gpu"],  # refused before it starts where there is no GPU: alone, not in a sweep
         "logger": sweep("logger"),
+        "deploy": sweep("deploy"),  # each runtime beside inductor: exported, scored, one deployed
         "compression": sweep("compression", drop=("distill",)),
         "strategy": sweep("strategy", "trainer.devices=1", drop=("fsdp",)),  # one process each: cheap
         "fsdp": ["strategy=fsdp", "trainer.devices=1"],

@@ -1,12 +1,14 @@
 """trimlab-compare: runs side by side — accuracy beside what they cost — and the accuracy-vs-cost Pareto front.
 
-    trimlab-compare outputs/mnist_cnn outputs/train/sweeps/<sweep> [--sort cost.latency_ms_p50]
+    trimlab-compare outputs/mnist_cnn outputs/train/sweeps/<sweep> [--sort cost.latency_ms_p50] [--targets]
                     [--csv runs.csv] [--markdown runs.md] [--pareto test/acc:latency_ms_p50 --tolerance 1.0]
     trimlab-compare --mlflow http://127.0.0.1:5000 mnist_cnn      # the runs of an MLflow experiment
     trimlab-compare --wandb my-team/trimlab                       # the runs of a W&B project
 
 Paths are run dirs (with a summary.json) or any dir above them (a sweep, a task's outputs): every summary.json
-below is read. A compressed run's cost is its deployed model's. Sources mix: one table across sweeps and servers.
+below is read. A compressed run's cost is its deployed model's; a run measured in deploy targets shows the chosen
+variant (`deploy.best...`), and with --targets one row per (run, variant), which the Pareto front then ranks.
+Sources mix: one table across sweeps and servers.
 Runs that timed serving cost differently (batch sizes, threads, compiled or eager, CPU capability) are marked in
 the table, and a Pareto front over a serving cost is refused for them unless --mixed is given.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trimlab import schema
+from trimlab.deploy import rows as deploy_rows
 from trimlab.errors import TrimlabError, user_errors
 from trimlab.pareto import (  # noqa: F401 - pareto_front and cheapest_good_enough: part of this module's API
     cheapest_good_enough,
@@ -85,6 +88,8 @@ def row(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     }
     out.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     out.update({k: v for k, v in cost.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    out.update(deploy_rows.best_columns(cost.get("deploy")))
+    out["ledger"] = cost.get("deploy")  # every deploy target's figures, for --targets
     out["measured"] = schema.measurement(summary)
     out["figures"] = schema.added(schema.declared(summary))  # the run's own cost figures, as it declared them
     out["run_dir"] = str(run_dir)
@@ -108,6 +113,9 @@ def columns(runs: list[dict[str, Any]], console: bool = False) -> list[str]:
     builtin = {f.name for f in schema.BUILTIN}
     shown = [f for f in known_figures(runs) if f.compared and (not console or f.console or f.name not in builtin)]
     present = [f.name for f in shown if any(f.name in r for r in runs)]
+    best = [deploy_rows.BEST, *(f"{deploy_rows.BEST}.{k}" for k in deploy_rows.SHOWN[: 1 if console else None])]
+    if not any(r.get("target") for r in runs):  # the chosen deploy variant and its figures, unless rows are variants
+        present += [key for key in best if any(key in r for r in runs)]
     return ["run", "task", "status", *present, *(["measured"] if measured_labels(runs) else []), "overrides"]
 
 
@@ -120,7 +128,8 @@ def fmt(value: Any) -> str:
 
 
 def to_csv(runs: list[dict[str, Any]]) -> str:
-    keys = ["run", "task", "status", *[k for k in numeric_keys(runs)], "overrides", "measured", "run_dir"]
+    best = [deploy_rows.BEST] if any(deploy_rows.BEST in r for r in runs) else []
+    keys = ["run", "task", "status", *best, *numeric_keys(runs), "overrides", "measured", "run_dir"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
@@ -158,7 +167,7 @@ def print_table(runs: list[dict[str, Any]], marked: set[str]) -> None:
         table.add_column(key, justify="left" if text else "right", no_wrap=True, max_width=48 if text else None)
     for run in runs:
         cells = [cell(run, k, labels) for k in keys]
-        cells[0] = ("* " if run["run_dir"] in marked else "") + cells[0]
+        cells[0] = ("* " if run.get("key", run["run_dir"]) in marked else "") + cells[0]
         table.add_row(*cells)
     Console(width=200).print(table)
     for line in legend(labels)[1:]:
@@ -211,7 +220,7 @@ def compare(args: argparse.Namespace) -> None:
     from trimlab.report import write_text
 
     check_outputs(args)
-    runs = gather(args)
+    runs = deploy_rows.per_target(gather(args)) if args.targets else gather(args)
     if args.sort:
         key = check_key(args.sort, runs, "sort key")
         runs.sort(key=lambda r: (r.get(key) is None, r.get(key) or 0), reverse=args.descending)
@@ -223,7 +232,7 @@ def compare(args: argparse.Namespace) -> None:
             check_alike([r for r in runs if r["status"] == "completed"], cost)
         png = Path(args.png or "pareto.png")
         front, pick = pareto(runs, metric, cost, args.tolerance, png)
-        marked = {r["run_dir"] for r in front}
+        marked = {r.get("key", r["run_dir"]) for r in front}
     if args.csv:
         write_text(Path(args.csv), to_csv(runs))
     if args.markdown:
@@ -243,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", nargs=2, action="append", metavar=("URI", "EXPERIMENT"),
                    help="the runs of an MLflow experiment (a server's http:// URI or a file: store)")  # fmt: skip
     p.add_argument("--wandb", action="append", metavar="ENTITY/PROJECT", help="the runs of a W&B project")
+    p.add_argument("--targets", action="store_true",
+                   help="a row per (run, deploy target variant) instead of a run's best variant")  # fmt: skip
     p.add_argument("--sort", help="a metric or cost key, e.g. test/acc or latency_ms_p50")
     p.add_argument("--descending", action="store_true")
     p.add_argument("--csv", help="write every run's numeric fields to this CSV")

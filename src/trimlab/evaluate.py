@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from trimlab import schema
+from trimlab.deploy import deployed
 from trimlab.errors import CheckpointError, user_errors
 from trimlab.launch import config_dir, launch
 
@@ -41,8 +42,16 @@ def evaluate(run_dir: Path, ckpt: str = "deployed", data_root: str | None = None
     from trimlab.factory import build, load_run
 
     cfg, summary = load_run(run_dir, data_root)
+    manifest = deployed.read_manifest(run_dir) if ckpt == "deployed" else None
+    if manifest is not None:
+        deployed.check_runtime(manifest, run_dir)  # a runtime not installed: before any data is read
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg, artifacts_from=run_dir)
+    if manifest is not None:  # the variant chosen among the deploy targets, served by its own runtime
+        runner = deployed.load(run_dir, cfg, datamodule, manifest)
+        metrics = evaluate_model(runner, datamodule).metrics
+        path = run_dir / deployed.FOLDER / manifest["files"][0]
+        return compare(run_dir, summary, metrics, path, reference=manifest.get("metrics", {}))
     if is_compressed(ckpt, summary):
         from trimlab.compression import artifact
 
@@ -66,10 +75,12 @@ def evaluate(run_dir: Path, ckpt: str = "deployed", data_root: str | None = None
     return compare(run_dir, summary, task.test_record.metrics, path)
 
 
-def compare(run_dir: Path, summary: dict[str, Any], metrics: dict[str, Any], path: Path) -> dict[str, Any]:
+def compare(run_dir: Path, summary: dict[str, Any], metrics: dict[str, Any], path: Path,
+            reference: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """`reference`: the metrics to reproduce when not the summary's (a deployed variant's, from its ledger)."""
     from trimlab.report import write_json
 
-    trained = summary.get("metrics", {})
+    trained = summary.get("metrics", {}) if reference is None else reference
     if "compression" in summary and path.suffix == ".ckpt":  # a checkpoint of a compressed run: the trained model
         trained = trained.get("trained", {})
     diffs = {k: abs(metrics[k] - trained[k]) for k in HEADLINE if k in metrics and trained.get(k) is not None}

@@ -68,7 +68,8 @@ def predict_logits(model: nn.Module, loader: Any, precision: Any = None) -> tupl
 
 def evaluate_model(model: nn.Module, datamodule: Any, precision: Any = None) -> TestRecord:
     """The test record of any callable model: eager, exported or quantized."""
-    if not isinstance(model, torch.fx.GraphModule):  # an exported program refuses .eval(): it is fixed already
+    # An exported program refuses .eval() (it is fixed already); a deployed runtime's runner has none.
+    if isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule):
         model.eval()
     logits, targets = predict_logits(model, datamodule.test_dataloader(), precision)
     return test_record(logits, targets, datamodule.class_names)

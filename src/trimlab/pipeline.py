@@ -6,6 +6,7 @@ Compression stages (see `compression`) may change the fit and transform the test
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ def _train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | N
         deployable, cost = measure_cost(run, trained)
         compressed = compress(run, deployable) if run.stages else None
         record.summary.update(completed(run, trained, cost, compressed))
-        deploy_targets(run, record.summary, deployable, trained, compressed)
+        deploy_targets(run, record.summary, deployable, compressed)
         report_run(run, record.summary, compressed.final if compressed else trained.record)
     except BaseException as err:
         raised = guards.recorded_failure(err, record.summary, run.trainer, run_dir)
@@ -154,29 +155,20 @@ def compress(run: Run, deployable: torch.nn.Module):
     """The stages applied to the tested model, each measured: a `compression.chain.Compressed`."""
     from trimlab.compression.chain import compress as run_stages
 
-    return run_stages(run.cfg, run.stages, deployable.cpu(), run.datamodule, run.run_dir, run.task)
+    # A copy: stages such as structured pruning change a model in place, and the tested one stays the baseline.
+    return run_stages(run.cfg, run.stages, copy.deepcopy(deployable).cpu(), run.datamodule, run.run_dir, run.task)
 
 
-def deploy_targets(run: Run, summary: dict, deployable: torch.nn.Module, trained: Trained, compressed) -> None:
-    """With deploy targets beyond inductor: the final model (the compressed artifact as reloaded, or the tested
-    backbone) measured in every runtime, `cost.deploy` and the choice in `summary["deploy"]`."""
-    from trimlab.compression import artifact
-    from trimlab.compression.base import max_length
+def deploy_targets(run: Run, summary: dict, deployable: torch.nn.Module, compressed) -> None:
+    """With deploy targets beyond inductor: the final model measured in every runtime beside the trained one,
+    `cost.deploy`, and the choice in `summary["deploy"]` (its artifact in `deployed/`)."""
     from trimlab.deploy import run as deploy
 
-    if not deploy.wanted(run.cfg):
-        return
-    model = artifact.load(run.run_dir, run.cfg, run.datamodule) if compressed else deployable.cpu().eval()
-    trained_acc = summary["metrics"].get("trained", summary["metrics"])["test/acc"]
-    stages = compressed.stages if compressed else []
-    context = {"max_length": max_length(run.datamodule), "stages": stages, "chunk": run.cfg.cost.throughput_batch_size}
-    if compressed and any(stage.exports for stage in run.stages):
-        from trimlab.compression.quantization import inductor_options
-
-        context["inductor"] = inductor_options()
-    summary["cost"]["deploy"], summary["deploy"] = deploy.deploy(
-        run.cfg, model, run.datamodule, run.run_dir, trained_acc, context
-    )
+    if deploy.wanted(run.cfg):
+        trained_acc = summary["metrics"].get("trained", summary["metrics"])["test/acc"]
+        ledger, picked = deploy.deploy(run.cfg, deployable.cpu().eval(), compressed, run.datamodule, run.run_dir,
+                                       trained_acc)  # fmt: skip
+        summary["cost"]["deploy"], summary["deploy"] = ledger, picked
 
 
 def report_run(run: Run, summary: dict, tested) -> None:

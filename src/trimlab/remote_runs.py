@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from trimlab.deploy import rows as deploy_rows
 from trimlab.errors import TrimlabError
 
 STATUS = {"finished": "completed", "failed": "failed", "killed": "failed", "crashed": "failed", "running": "running"}
@@ -25,6 +26,8 @@ def tracked_row(name: str, task: str, status: str, overrides: str, values: dict,
             row[key] = value
         elif key.startswith("cost/") and key.count("/") == 1:  # not cost/baseline/... nor cost/after/<stage>/...
             row[key.removeprefix("cost/")] = value
+    row["ledger"] = deploy_rows.ledger_from_flat(values)  # cost/deploy/<target>/<variant>/<figure>
+    row.update(deploy_rows.best_columns(row["ledger"]))
     row["run_dir"] = where
     return row
 

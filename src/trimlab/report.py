@@ -200,6 +200,8 @@ def print_table(summary: dict) -> None:
     console.print(table)
     if summary.get("compression"):
         console.print(stage_table(metrics, cost))
+    if summary.get("deploy"):
+        console.print(deploy_table(summary["deploy"], cost.get("deploy", {})))
 
 
 def stage_table(metrics: dict, cost: dict):
@@ -218,5 +220,30 @@ def stage_table(metrics: dict, cost: dict):
             f"{ledger.get('latency_ms_p50', nan):.3f}", f"{ledger.get('latency_ms_p50_eager', nan):.3f}",
             f"{ledger.get('throughput_samples_per_s', 0):,.0f}", f"{ledger.get('size_bytes', 0):,}",
             f"{ledger.get('params') or 0:,}",
+        )  # fmt: skip
+    return table
+
+
+def deploy_table(picked: dict, ledger: dict):
+    """Every deploy variant against inductor fp32, the chosen one first and marked: why it was deployed."""
+    from rich.table import Table
+
+    key, tolerance = picked["key"], picked["tolerance_pt"]
+    title = f"deploy: cheapest by {picked['objective']} within {tolerance} pt of the trained test/acc (* deployed)"
+    table = Table(title=title)
+    for column in ("variant", "test/acc", "Δacc pt", "latency ms", "×", "samples/s", "×", "size B", "note"):
+        table.add_column(column, justify="left" if column in ("variant", "note") else "right")
+    for row in picked["why"]:
+        target, variant = row["variant"].split("/")
+        found = ledger.get(target, {}).get(variant, {})
+        if found.get("status") != "ok":
+            table.add_row(row["variant"], *[""] * 7, str(row.get("reason") or row.get("status")))
+            continue
+        ratios = found.get("vs_inductor", {})
+        table.add_row(
+            ("* " if row["chosen"] else "") + row["variant"], f"{found['test/acc']:.4f}", f"{row['acc_delta_pt']:+.2f}",
+            f"{found['latency_ms_p50']:.3f}", f"{ratios.get('latency', float('nan')):.2f}",
+            f"{found['throughput_samples_per_s']:,.0f}", f"{ratios.get('throughput', float('nan')):.2f}",
+            f"{found['size_bytes']:,}", "" if row["eligible"] else f"over the tolerance ({key} not ranked)",
         )  # fmt: skip
     return table

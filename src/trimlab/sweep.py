@@ -27,6 +27,7 @@ log = logging.getLogger("trimlab")
 # The summary values a sweep row holds and a sweeper may optimize: those the schema marks `compared`.
 METRICS = schema.names(where="metrics", compared=True)
 COSTS = schema.names(where="cost", compared=True)
+DEPLOYED = "cost.deploy.best."  # objectives on the deployed variant: cost.deploy.best.latency_ms_p50
 failed_in_sweep: list[str] = []
 # Job number -> run dir of the jobs this process started, so an interrupted sweep can mark the one cut short.
 started_jobs: dict[int, Path] = {}
@@ -39,13 +40,38 @@ def objective_keys(cfg: DictConfig) -> list[str]:
     keys = list(value) if isinstance(value, ListConfig | list) else [value]
     costs = schema.names(OmegaConf.select(cfg, "cost.figures"), where="cost", compared=True)  # and the run's own
     for key in keys:
-        known = key in METRICS or key.removeprefix("cost.") in costs
-        if not known:
+        if str(key).startswith(DEPLOYED):
+            check_deployed_objective(cfg, str(key))
+        elif not (key in METRICS or key.removeprefix("cost.") in costs):
             raise ConfigError(
-                f"optimized_metric={key!r} is not a summary value; use one of {', '.join(METRICS)} or cost.<key> "
-                f"with <key> in {', '.join(costs)}"
+                f"optimized_metric={key!r} is not a summary value; use one of {', '.join(METRICS)}, cost.<key> "
+                f"with <key> in {', '.join(costs)}, or {DEPLOYED}<figure> (the deployed variant's)"
             )
     return [str(k) for k in keys]
+
+
+def check_deployed_objective(cfg: DictConfig, key: str) -> None:
+    """`cost.deploy.best.<figure>`: a figure of the deployed variant, which only deploy targets make."""
+    from trimlab.deploy import rows as deploy_rows
+
+    figure = key.removeprefix(DEPLOYED)
+    if not deploy_rows.is_figure(figure):
+        raise ConfigError(
+            f"optimized_metric={key!r}: {figure!r} is not a deploy ledger figure; use {DEPLOYED}<figure> with "
+            f"<figure> in {', '.join(deploy_rows.FIGURES)} or a test/ metric"
+        )
+    listed = [name for name, node in (cfg.get("deploy") or {}).items() if isinstance(node, DictConfig)]
+    if set(listed) <= {"inductor"}:
+        raise ConfigError(
+            f"optimized_metric={key!r} needs deploy targets beyond inductor; add deploy=[inductor,onnxruntime,openvino]"
+        )
+
+
+def summary_value(summary: dict[str, Any], key: str) -> Any:
+    """A summary's value for an objective key: a metric, `cost.<key>`, or `cost.deploy.best.<figure>`."""
+    if key.startswith(DEPLOYED):
+        return ((summary["cost"].get("deploy") or {}).get("best") or {}).get(key.removeprefix(DEPLOYED))
+    return summary["cost"].get(key.removeprefix("cost.")) if key.startswith("cost.") else summary["metrics"].get(key)
 
 
 def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float | list[float] | None:
@@ -54,8 +80,7 @@ def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float | list[f
     keys = objective_keys(cfg)
     if not keys or not summary or summary.get("status") != "completed":
         return None
-    values = [summary["cost"].get(k.removeprefix("cost.")) if k.startswith("cost.") else summary["metrics"].get(k)
-              for k in keys]  # fmt: skip
+    values = [summary_value(summary, key) for key in keys]
     if any(v is None for v in values):
         return None
     return [float(v) for v in values] if len(values) > 1 else float(values[0])
@@ -74,6 +99,7 @@ def job_row(job_dir: Path) -> dict[str, Any] | None:
 
 @functools.lru_cache(maxsize=4096)
 def _read_row(job_dir: Path, stamps: tuple) -> dict[str, Any] | None:
+    from trimlab.deploy import rows as deploy_rows
     from trimlab.redaction import redact_overrides
 
     summary_path, overrides_path = job_dir / "summary.json", job_dir / ".hydra" / "overrides.yaml"
@@ -94,6 +120,7 @@ def _read_row(job_dir: Path, stamps: tuple) -> dict[str, Any] | None:
     row.update({k: (summary.get("metrics") or {}).get(k) for k in METRICS})
     costs = schema.names(schema.declared(summary), where="cost", compared=True)
     row.update({f"cost.{k}": (summary.get("cost") or {}).get(k) for k in costs})
+    row.update({f"cost.{k}": v for k, v in deploy_rows.best_columns((summary.get("cost") or {}).get("deploy")).items()})
     row["measured"] = schema.measurement(summary)  # how serving cost was timed: the Pareto plot needs it alike
     row["run_dir"] = str(job_dir.absolute())
     return row

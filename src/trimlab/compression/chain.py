@@ -3,6 +3,7 @@ reload and re-test the final artifact, so the summary's final metrics are those 
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import time
@@ -112,6 +113,10 @@ class Compressed:
     cost_after: dict[str, dict]
     final: TestRecord
     improvement: dict[str, Any]
+    # The model as it entered an exporting (int8/bf16) stage: what ONNX Runtime and OpenVINO export and quantize
+    # with their own tools, since the exported torch program of quantized ops does not convert to ONNX.
+    before_export: nn.Module | None = None
+    export_stage: str | None = None
 
     @property
     def final_cost(self) -> dict[str, Any]:
@@ -136,7 +141,10 @@ def compress(cfg: Any, stages: list[Stage], model: nn.Module, datamodule: Any, r
     base_metrics = evaluate_model(base_model, base_data).metrics
     base_cost = stage_cost(base_model, None, first_test_inputs(base_data), cost_cfg, {}, max_length(base_data))
     metrics_after, cost_after, previous_cost, previous_metrics = {}, {}, base_cost, base_metrics
+    before_export = None
     for stage in stages:
+        if stage.exports:
+            before_export = copy.deepcopy(model).eval()
         started = time.perf_counter()
         model = stage.apply(model, context)
         seconds = time.perf_counter() - started
@@ -152,8 +160,9 @@ def compress(cfg: Any, stages: list[Stage], model: nn.Module, datamodule: Any, r
         saved = artifact.save(model, any(s.exports for s in stages), sample, folder, names, length)
         final = evaluate_model(artifact.load(folder.parent, cfg, datamodule, folder), datamodule)
     gains = improvement(base_cost, previous_cost, saved, base_metrics, final.metrics)
+    exporting = next((stage.name for stage in stages if stage.exports), None)
     return Compressed(names, saved, base_name, headline(base_metrics, {}), base_cost, metrics_after, cost_after,
-                      final, gains)  # fmt: skip
+                      final, gains, before_export, exporting)  # fmt: skip
 
 
 def improvement(base: dict, last: dict, saved: dict, base_metrics: dict, final_metrics: dict) -> dict[str, Any]:

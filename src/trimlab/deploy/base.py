@@ -40,7 +40,7 @@ class Target:
 
     name = "target"
 
-    def variants(self, model: nn.Module) -> list[str]:
+    def variants(self, model: nn.Module, context: dict) -> list[str]:
         return ["fp32"]
 
     def build(self, model: nn.Module, variant: str, example: Inputs, folder: Path, context: dict) -> Built:
@@ -91,6 +91,16 @@ def as_arrays(inputs: Inputs) -> dict[str, Any]:
     if isinstance(inputs, dict):
         return {key: inputs[key].detach().cpu().numpy() for key in TEXT_INPUTS}
     return {"input": inputs.detach().cpu().numpy()}
+
+
+def onnx_source(model: nn.Module, context: dict) -> tuple[nn.Module, dict[str, str]]:
+    """The model the ONNX-based runtimes export, and a note for the variant's settings. It is the run's final
+    model, unless the last stage made an exported torch program of int8/bf16 ops, which no ONNX exporter takes:
+    then the model that stage started from (pruned, distilled...), its int8 done by the runtime's own tools."""
+    handed = context.get("before_export")
+    if handed is None:
+        return model, {}
+    return handed, {"exported_from": f"the model before {context.get('export_stage')}"}
 
 
 def onnx_file(model: nn.Module, example: Inputs, scratch: Path) -> Path:

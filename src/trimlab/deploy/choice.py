@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from trimlab.deploy.base import TEXT_INPUTS, Built, version
+from trimlab.deploy.deployed import FOLDER, MANIFEST
 from trimlab.errors import ConfigError
 
 # objective → (ledger key, the better direction)
 OBJECTIVES = {"latency": ("latency_ms_p50", "lower"), "throughput": ("throughput_samples_per_s", "higher"),
               "cost_per_million": ("usd_per_million", "lower")}  # fmt: skip
-FOLDER = "deployed"
 PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino")
 
 
@@ -72,7 +72,7 @@ def write_deployed(run_dir: Path, chosen: str, built: Built, entry: dict, exampl
         "class_names": list(class_names), "packages": {name: version(name) for name in PACKAGES if version(name)},
         "metrics": {key: value for key, value in entry.items() if key.startswith("test/")},
     }  # fmt: skip
-    write_json(scratch / "manifest.json", manifest)
+    write_json(scratch / MANIFEST, manifest)
     shutil.rmtree(final, ignore_errors=True)
     scratch.replace(final)
     return manifest

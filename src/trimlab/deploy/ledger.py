@@ -21,7 +21,6 @@ from trimlab.evaluation import predict_logits, test_record
 
 log = logging.getLogger(__name__)
 BASELINE = ("inductor", "fp32")
-SCORES = ("test/acc", "test/f1_macro", "test/auroc_macro")
 
 
 def timings(runner: Any, sample: Any, cfg: Any) -> dict[str, Any]:
@@ -47,7 +46,7 @@ def entry(built: Built, datamodule: Any, sample: Any, cfg: Any) -> dict[str, Any
     load_time_s = built.load_time_s + time.perf_counter() - start
     measured = timings(built.runner, sample, cfg)
     logits, targets = predict_logits(built.runner, datamodule.test_dataloader())
-    scores = test_record(logits, targets, datamodule.class_names).metrics
+    scores = test_record(logits, targets, datamodule.class_names).scores()
     return {
         "status": "ok",
         "runtime": built.runtime,
@@ -55,7 +54,7 @@ def entry(built: Built, datamodule: Any, sample: Any, cfg: Any) -> dict[str, Any
         **measured,
         "size_bytes": sum(path.stat().st_size for path in built.files),
         "load_time_s": round(load_time_s, 4),
-        **{key: scores[key] for key in SCORES},
+        **scores,
         "settings": built.settings,
     }
 
@@ -68,12 +67,13 @@ def measure_all(
     sample = first_test_inputs(datamodule)
     calibration = [batch[0] for _, batch in zip(range(16), datamodule.train_dataloader(), strict=False)]
     context = {**context, "scratch": scratch / "export", "calibration": calibration}
-    model = model.eval()
+    if not isinstance(model, torch.fx.GraphModule):  # an exported program refuses .eval()
+        model.eval()
     ledger: dict[str, dict] = {}
     built: dict[tuple[str, str], Built] = {}
     for target in targets:
         ledger[target.name] = {}
-        for variant in target.variants(model):
+        for variant in target.variants(model, context):
             try:
                 made = target.build(model, variant, sample, scratch / target.name / variant, context)
                 ledger[target.name][variant] = entry(made, datamodule, sample, cfg)

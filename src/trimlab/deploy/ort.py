@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from trimlab.batches import Inputs
-from trimlab.deploy.base import Built, Target, as_arrays, onnx_file, timed, version
+from trimlab.deploy.base import Built, Target, as_arrays, onnx_file, onnx_source, timed, version
 
 
 def has_conv(model: nn.Module) -> bool:
@@ -30,22 +29,22 @@ class OnnxRuntime(Target):
     def __init__(self, int8: bool = True, calibration_batches: int = 16) -> None:
         self.int8, self.calibration_batches = int8, calibration_batches
 
-    def variants(self, model: nn.Module) -> list[str]:
+    def variants(self, model: nn.Module, context: dict) -> list[str]:
         return ["fp32", "int8"] if self.int8 else ["fp32"]
 
     def build(self, model: nn.Module, variant: str, example: Inputs, folder: Path, context: dict) -> Built:
+        model, settings = onnx_source(model, context)
         source = onnx_file(model, example, context["scratch"])
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / ("model.onnx" if variant == "fp32" else "model.int8.onnx")
-        settings: dict[str, Any] = {}
         if variant == "fp32":
             shutil.copyfile(source, path)
         elif has_conv(model):
             quantize_static_qdq(source, path, context["calibration"][: self.calibration_batches], folder)
-            settings = {"quantization": "static QDQ, per-channel", "calibration_batches": self.calibration_batches}
+            settings.update(quantization="static QDQ, per-channel", calibration_batches=self.calibration_batches)
         else:
             quantize_dynamic_int8(source, path)
-            settings = {"quantization": "dynamic, int8 weights"}
+            settings.update(quantization="dynamic, int8 weights")
         runner, load_s = timed(lambda: Session(path))
         return Built(runner, [path], load_s, "onnxruntime", version("onnxruntime"), settings)
 

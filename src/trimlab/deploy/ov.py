@@ -1,6 +1,7 @@
 """OpenVINO on CPU: the exported ONNX graph compiled at OpenVINO's default precision (bf16 on CPUs with AMX or
-AVX512-BF16, f32 elsewhere), and with f32 forced, so the ledger shows what the default precision costs in accuracy.
-The artifact is OpenVINO's own IR (model.xml + model.bin, weights kept f32)."""
+AVX512-BF16, f32 elsewhere), with f32 forced, so the ledger shows what the default precision costs in accuracy,
+and int8 by NNCF's post-training quantization calibrated on train batches. The artifact is OpenVINO's own IR
+(model.xml + model.bin, weights kept f32 unless quantized)."""
 
 from __future__ import annotations
 
@@ -10,30 +11,49 @@ import torch
 from torch import nn
 
 from trimlab.batches import Inputs
-from trimlab.deploy.base import Built, Target, as_arrays, onnx_file, timed, version
+from trimlab.deploy.base import Built, Target, as_arrays, onnx_file, onnx_source, timed, version
 
-HINTS = {"default": {}, "fp32": {"INFERENCE_PRECISION_HINT": "f32"}}
+HINTS = {"default": {}, "fp32": {"INFERENCE_PRECISION_HINT": "f32"}, "int8": {}}
 
 
 class OpenVino(Target):
-    """`core.compile_model(core.read_model(<onnx>), "CPU")`, default precision and f32."""
+    """`core.compile_model(core.read_model(<onnx>), "CPU")`: default precision, f32, and NNCF int8 if `int8`."""
 
     name = "openvino"
 
-    def variants(self, model: nn.Module) -> list[str]:
-        return list(HINTS)
+    def __init__(self, int8: bool = True, calibration_batches: int = 16) -> None:
+        self.int8, self.calibration_batches = int8, calibration_batches
+
+    def variants(self, model: nn.Module, context: dict) -> list[str]:
+        return list(HINTS) if self.int8 else ["default", "fp32"]
 
     def build(self, model: nn.Module, variant: str, example: Inputs, folder: Path, context: dict) -> Built:
         import openvino
 
+        model, settings = onnx_source(model, context)
         source = onnx_file(model, example, context["scratch"])
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.xml"
-        openvino.save_model(openvino.Core().read_model(str(source)), str(path), compress_to_fp16=False)
+        graph = openvino.Core().read_model(str(source))
+        if variant == "int8":
+            graph = quantize_nncf(graph, context["calibration"][: self.calibration_batches], isinstance(example, dict))
+            settings.update(quantization="NNCF post-training, static", calibration_batches=self.calibration_batches)
+        openvino.save_model(graph, str(path), compress_to_fp16=False)
         config = {**HINTS[variant], "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         runner, load_s = timed(lambda: Compiled(path, config))
-        settings = {**HINTS[variant], "precision": runner.precision}
+        settings.update({**HINTS[variant], "precision": runner.precision})
         return Built(runner, [path, path.with_suffix(".bin")], load_s, "openvino", version("openvino"), settings)
+
+
+def quantize_nncf(graph, batches: list[Inputs], text: bool):
+    """NNCF's min-max post-training int8 over the calibration batches (the transformer preset for text)."""
+    import nncf
+
+    samples = sum(int(next(iter(b.values())).shape[0]) if isinstance(b, dict) else int(b.shape[0]) for b in batches)
+    return nncf.quantize(
+        graph, nncf.Dataset(batches, as_arrays), subset_size=max(1, samples),
+        model_type=nncf.ModelType.TRANSFORMER if text else None,
+    )  # fmt: skip
 
 
 class Compiled:

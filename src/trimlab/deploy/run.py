@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trimlab.batches import first_test_inputs
+from trimlab.compression import artifact
 from trimlab.deploy import choice, ledger
 from trimlab.deploy.base import Target
 from trimlab.factory import make
@@ -43,9 +44,29 @@ def build_targets(cfg: DictConfig) -> list[Target]:
     return targets
 
 
-def deploy(cfg: DictConfig, model: nn.Module, datamodule: Any, run_dir: Path, trained_acc: float,
-           context: dict) -> tuple[dict, dict]:  # fmt: skip
+def context_for(cfg: DictConfig, trained: nn.Module, compressed: Any, datamodule: Any, run_dir: Path) -> dict:
+    """What the targets need besides the model: for a compressed run the trained model (inductor/fp32, the
+    baseline), the artifact's folder (inductor/compressed), and, when the last stage exported an int8/bf16
+    program, the model it started from (what the ONNX runtimes export and quantize themselves)."""
+    from trimlab.compression.base import max_length
+
+    context = {"max_length": max_length(datamodule), "chunk": cfg.cost.throughput_batch_size, "stages": []}
+    if compressed is None:
+        return context
+    context.update(stages=compressed.stages, artifact_dir=Path(run_dir) / artifact.FOLDER, baseline_model=trained)
+    if compressed.export_stage:
+        from trimlab.compression.quantization import inductor_options
+
+        context.update(inductor=inductor_options(), before_export=compressed.before_export,
+                       export_stage=compressed.export_stage)  # fmt: skip
+    return context
+
+
+def deploy(cfg: DictConfig, trained: nn.Module, compressed: Any, datamodule: Any, run_dir: Path,
+           trained_acc: float) -> tuple[dict, dict]:  # fmt: skip
     """(`summary["cost"]["deploy"]`, `summary["deploy"]`); built artifacts live in a scratch dir removed after."""
+    model = artifact.load(run_dir, cfg, datamodule) if compressed is not None else trained
+    context = context_for(cfg, trained, compressed, datamodule, run_dir)
     scratch = Path(run_dir) / "deploy.scratch"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
@@ -56,13 +77,9 @@ def deploy(cfg: DictConfig, model: nn.Module, datamodule: Any, run_dir: Path, tr
             entry = entries[target][variant]
             entries["best"] = {"variant": picked["chosen"], **entry}
             picked["manifest"] = choice.write_deployed(
-                run_dir,
-                picked["chosen"],
-                built[target, variant],
-                entry,
-                first_test_inputs(datamodule),
+                run_dir, picked["chosen"], built[target, variant], entry, first_test_inputs(datamodule),
                 datamodule.class_names,
-            )
+            )  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return entries, picked
