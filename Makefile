@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint lock clean bench bench-overhead bench-sweep
+.PHONY: setup demo test lint lock clean bench bench-overhead bench-sweep bench-deploy
 
 setup:
 	@bash scripts/setup_env.sh
@@ -33,6 +33,10 @@ bench-overhead: $(BIN)/trimlab-train
 
 bench-sweep: $(BIN)/trimlab-train
 	$(BIN)/python experiments/overhead/sweep_bench.py
+
+# The deploy targets on MNIST, SST-2 and FSDD models, and the peer row (needs the datasets: TRIMLAB_DATA).
+bench-deploy: $(BIN)/trimlab-train
+	$(BIN)/python experiments/deploy/bench.py
 
 # Re-pin every package after changing dependencies in pyproject.toml.
 lock: $(BIN)/trimlab-train

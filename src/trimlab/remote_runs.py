@@ -26,8 +26,9 @@ def tracked_row(name: str, task: str, status: str, overrides: str, values: dict,
             row[key] = value
         elif key.startswith("cost/") and key.count("/") == 1:  # not cost/baseline/... nor cost/after/<stage>/...
             row[key.removeprefix("cost/")] = value
-    row["ledger"] = deploy_rows.ledger_from_flat(values)  # cost/deploy/<target>/<variant>/<figure>
-    row.update(deploy_rows.best_columns(row["ledger"]))
+    ledger = deploy_rows.ledger_from_flat(values)  # cost/deploy/<target>/<variant>/<figure>
+    if ledger:
+        row.update(ledger=ledger, **deploy_rows.best_columns(ledger))
     row["run_dir"] = where
     return row
 
