@@ -49,7 +49,8 @@ class Target:
 
 def unsupported(err: BaseException) -> dict[str, str]:
     """The ledger entry of a variant the runtime or its exporter refused: the first line of why."""
-    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = " / ".join(lines)[:300]  # a runtime's first line can be only where it was raised
     return {"status": "unsupported", "reason": f"{type(err).__name__}: {text}"}
 
 

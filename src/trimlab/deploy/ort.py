@@ -62,7 +62,10 @@ def quantize_static_qdq(source: Path, path: Path, batches: list[Inputs], folder:
             return next(self.items, None)
 
     prepared = folder / "prepared.onnx"
-    quant_pre_process(str(source), str(prepared))
+    try:
+        quant_pre_process(str(source), str(prepared))
+    except Exception:  # noqa: BLE001 - ONNX Runtime's symbolic shape inference knows no STFT (log-mel front ends)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     try:
         quantize_static(
             str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,

@@ -5,14 +5,17 @@ and int8 by NNCF's post-training quantization calibrated on train batches. The a
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from trimlab.batches import Inputs
-from trimlab.deploy.base import Built, Target, as_arrays, onnx_file, onnx_source, timed, version
+from trimlab.batches import Inputs, take
+from trimlab.deploy.base import Built, Target, as_arrays, input_names, onnx_file, onnx_source, timed, version
 
+log = logging.getLogger(__name__)
 HINTS = {"default": {}, "fp32": {"INFERENCE_PRECISION_HINT": "f32"}, "int8": {}}
 
 
@@ -31,10 +34,9 @@ class OpenVino(Target):
         import openvino
 
         model, settings = onnx_source(model, context)
-        source = onnx_file(model, example, context["scratch"])
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.xml"
-        graph = openvino.Core().read_model(str(source))
+        graph, settings["read_from"] = read_graph(model, example, context)
         if variant == "int8":
             graph = quantize_nncf(graph, context["calibration"][: self.calibration_batches], isinstance(example, dict))
             settings.update(quantization="NNCF post-training, static", calibration_batches=self.calibration_batches)
@@ -43,6 +45,22 @@ class OpenVino(Target):
         runner, load_s = timed(lambda: Compiled(path, config))
         settings.update({**HINTS[variant], "precision": runner.precision})
         return Built(runner, [path, path.with_suffix(".bin")], load_s, "openvino", version("openvino"), settings)
+
+
+def read_graph(model: nn.Module, example: Inputs, context: dict) -> tuple[Any, str]:
+    """The ONNX export read by OpenVINO's ONNX frontend; when that frontend refuses a node (the STFT of a speech
+    model's log-mel front end wants a static signal shape), OpenVINO's own conversion from the torch model."""
+    import openvino
+
+    try:
+        return openvino.Core().read_model(str(onnx_file(model, example, context["scratch"]))), "onnx"
+    except RuntimeError as err:
+        log.info("OpenVINO's ONNX frontend refused the export (%s); converting from torch", str(err)[:200])
+    sample = take(example, 2)
+    graph = openvino.convert_model(model, example_input=sample if isinstance(sample, dict) else (sample,))
+    for port, name in zip(graph.inputs, input_names(example), strict=True):  # the names the runner feeds
+        port.get_tensor().set_names({name})
+    return graph, "torch"
 
 
 def quantize_nncf(graph, batches: list[Inputs], text: bool):
