@@ -311,3 +311,13 @@ def test_ledger_rows_for_tables_and_tracked_runs():
     }
     assert rows.ledger_from_flat(logged) == {"onnxruntime": {"int8": {"test/acc": 0.93, "latency_ms_p50": 0.1}},
                                              "best": {"latency_ms_p50": 0.2}}  # fmt: skip
+
+
+def test_a_sweep_on_the_deployed_variant_plots_its_accuracy_against_its_cost():
+    from trimlab.sweep_report import axes
+
+    assert axes(["cost.deploy.best.test/acc", "cost.deploy.best.latency_ms_p50"]) == (
+        "deploy.best.test/acc",
+        "deploy.best.latency_ms_p50",
+    )
+    assert axes(["test/acc", "cost.latency_ms_p50"]) == ("test/acc", "latency_ms_p50")

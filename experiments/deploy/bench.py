@@ -144,7 +144,7 @@ def main() -> None:
         print(f"{label}: acc {entry['test/acc']:.4f}, latency {entry['latency_ms_p50']:.3f} ms "
               f"({entry['latency_vs_baseline']}×), {entry['throughput_samples_per_s']:,.0f}/s "
               f"({entry['throughput_vs_baseline']}×)")  # fmt: skip
-    target = HERE / ("results_quick.json" if args.quick else "results.json")
+    target = out / "results_quick.json" if args.quick else HERE / "results.json"  # quick figures stay out of git
     target.write_text(json.dumps(results, indent=1) + "\n")
     print(target)
 

@@ -23,9 +23,14 @@ log = logging.getLogger(__name__)
 def axes(objectives: list[str]) -> tuple[str, str]:
     """The first objective metric where higher is better (not test/loss) and the first objective cost."""
     scores = schema.names(where="metrics", compared=True, better="higher")
-    metric = next((k for k in objectives if k in scores), "test/acc")
-    cost = next((k.removeprefix("cost.") for k in objectives if k.startswith("cost.")), "latency_ms_p50")
-    return metric, cost
+
+    def deployed_score(key: str) -> bool:  # cost.deploy.best.test/acc: the deployed variant's accuracy
+        return key.startswith("cost.deploy.best.test/") and not key.endswith("/loss")
+
+    metric = next((k for k in objectives if k in scores), None)
+    metric = metric or next((k.removeprefix("cost.") for k in objectives if deployed_score(k)), "test/acc")
+    costs = (k.removeprefix("cost.") for k in objectives if k.startswith("cost.") and not deployed_score(k))
+    return metric, next(costs, "latency_ms_p50")
 
 
 def as_compare_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
