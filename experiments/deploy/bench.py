@@ -1,6 +1,7 @@
 """make bench-deploy: the deploy targets on trained models, the variant chosen by the numbers, and a peer row.
 
     python experiments/deploy/bench.py [--quick]       # every run below, then experiments/deploy/results.json
+    python experiments/deploy/bench.py --only fsdd_cnn # one run again, its entry in results.json replaced
     python experiments/deploy/bench.py --peer RUN_DIR  # the peer row alone, for a finished run
 
 Each run is one `trimlab-train` process with `deploy=[inductor,onnxruntime,openvino]`: every variant of a run is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ QUICK = ["trainer.max_epochs=1", "++trainer.limit_train_batches=50", "++compress
 
 
 def train(name: str, overrides: list[str], quick: bool, out: Path) -> Path:
+    shutil.rmtree(out / name, ignore_errors=True)  # the benchmark's own run dir of the last time
     args = [str(BIN / "trimlab-train"), *overrides, TARGETS, "trainer.enable_progress_bar=false",
             f"hydra.run.dir={out / name}", *(QUICK if quick else [])]  # fmt: skip
     print("$", " ".join(args[1:]), flush=True)
@@ -121,30 +124,38 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def peer_row(chained: Path) -> dict:
+    """The peer row in a process of its own, as each run's figures are."""
+    result = subprocess.run([sys.executable, __file__, "--peer", str(chained)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"peer row failed:\n{result.stderr[-3000:]}")
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    for label, entry in found["rows"].items():
+        print(f"{label}: acc {entry['test/acc']:.4f}, latency {entry['latency_ms_p50']:.3f} ms "
+              f"({entry['latency_vs_baseline']}×), {entry['throughput_samples_per_s']:,.0f}/s "
+              f"({entry['throughput_vs_baseline']}×)")  # fmt: skip
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short fits: checks the script, not the models")
     parser.add_argument("--peer", help="the peer row alone, for this finished run dir")
+    parser.add_argument("--only", choices=list(RUNS), action="append", help="these runs again, the rest kept")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_deploy"))
     args = parser.parse_args()
     if args.peer:
         print(json.dumps(peer(Path(args.peer))))
         return
     out = Path(args.out)
-    results = {"machine": machine(), "runs": {}}
-    for name, overrides in RUNS.items():
-        results["runs"][name] = run_record(train(name, overrides, args.quick, out))
-        print(f"\n### {name}\n\n{table(results['runs'][name])}\n", flush=True)
-    chained = out / "mnist_prune_quantize"
-    result = subprocess.run([sys.executable, __file__, "--peer", str(chained)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"peer row failed:\n{result.stderr[-3000:]}")
-    results["peer"] = json.loads(result.stdout.strip().splitlines()[-1])
-    for label, entry in results["peer"]["rows"].items():
-        print(f"{label}: acc {entry['test/acc']:.4f}, latency {entry['latency_ms_p50']:.3f} ms "
-              f"({entry['latency_vs_baseline']}×), {entry['throughput_samples_per_s']:,.0f}/s "
-              f"({entry['throughput_vs_baseline']}×)")  # fmt: skip
     target = out / "results_quick.json" if args.quick else HERE / "results.json"  # quick figures stay out of git
+    results = json.loads(target.read_text()) if args.only and target.is_file() else {"runs": {}}
+    results["machine"] = machine()
+    for name in args.only or RUNS:
+        results["runs"][name] = run_record(train(name, RUNS[name], args.quick, out))
+        print(f"\n### {name}\n\n{table(results['runs'][name])}\n", flush=True)
+    if "mnist_prune_quantize" in (args.only or RUNS):
+        results["peer"] = peer_row(out / "mnist_prune_quantize")
     target.write_text(json.dumps(results, indent=1) + "\n")
     print(target)
 

@@ -70,9 +70,23 @@ def quantize_static_qdq(source: Path, path: Path, batches: list[Inputs], folder:
         quantize_static(
             str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=front_end_nodes(prepared),
         )  # fmt: skip
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def front_end_nodes(path: Path) -> list[str]:
+    """The nodes before the first convolution: a feature front end (a speech model's STFT, mel filterbank and
+    log) whose values span orders of magnitude no int8 scale holds. They stay fp32; int8 starts at the body."""
+    import onnx
+
+    names = []
+    for node in onnx.load(str(path)).graph.node:  # stored in topological order
+        if node.op_type == "Conv":
+            return names
+        names.append(node.name)
+    return []  # no convolution: nothing is a front end
 
 
 def quantize_dynamic_int8(source: Path, path: Path) -> None:

@@ -68,10 +68,20 @@ def quantize_nncf(graph, batches: list[Inputs], text: bool):
     import nncf
 
     samples = sum(int(next(iter(b.values())).shape[0]) if isinstance(b, dict) else int(b.shape[0]) for b in batches)
+    front_end = [op.get_friendly_name() for op in ops_before_first_convolution(graph)]
     return nncf.quantize(
         graph, nncf.Dataset(batches, as_arrays), subset_size=max(1, samples),
         model_type=nncf.ModelType.TRANSFORMER if text else None,
+        ignored_scope=nncf.IgnoredScope(names=front_end, validate=False) if front_end else None,
     )  # fmt: skip
+
+
+def ops_before_first_convolution(graph) -> list:
+    """A feature front end (a speech model's STFT, mel filterbank and log) stays f32, as in ONNX Runtime's int8
+    (`ort.front_end_nodes`); none when the graph has no convolution."""
+    ops = list(graph.get_ordered_ops())
+    first = next((i for i, op in enumerate(ops) if op.get_type_name() == "Convolution"), None)
+    return ops[:first] if first else []
 
 
 class Compiled:
