@@ -104,7 +104,7 @@ def tiny_image_folder(tmp_path: Path) -> Path:
 
 # The files that take longest, first: pytest-xdist (`--dist loadfile`) then hands them out at the start, and the
 # two workers end together instead of one running a long file alone at the end.
-LONGEST_FIRST = ("test_every_option.py", "test_distributed.py", "test_speech.py", "test_secrets.py",
+LONGEST_FIRST = ("test_every_option.py", "test_distributed.py", "test_speech.py", "test_secrets.py", "test_deploy.py",
                  "test_compression_cli.py", "test_signals.py", "test_sweeps.py", "test_text.py")  # fmt: skip
 
 
