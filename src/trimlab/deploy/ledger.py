@@ -65,7 +65,8 @@ def measure_all(
     """`cost.deploy`: {target: {variant: entry}}; a variant that fails is recorded `unsupported`, never raised.
     Also returns what was built, so the chosen variant's files can be deployed without building it again."""
     sample = first_test_inputs(datamodule)
-    calibration = [batch[0] for _, batch in zip(range(16), datamodule.train_dataloader(), strict=False)]
+    wanted = max((getattr(target, "calibration_batches", 0) for target in targets), default=0)  # an int8 knob
+    calibration = [batch[0] for _, batch in zip(range(wanted), datamodule.train_dataloader(), strict=False)]
     context = {**context, "scratch": scratch / "export", "calibration": calibration}
     if not isinstance(model, torch.fx.GraphModule):  # an exported program refuses .eval()
         model.eval()
