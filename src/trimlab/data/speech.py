@@ -25,6 +25,7 @@ from scipy.signal import resample_poly
 from trimlab.data.base import (
     ArrayDataset,
     ClassificationDataModule,
+    base64_bytes,
     check_fraction,
     class_folders,
     fingerprint,
@@ -38,17 +39,19 @@ from trimlab.errors import ConfigError, DataError
 AUDIO_SUFFIXES = {".wav"}
 
 
-def read_wav(path: Path, sample_rate: int) -> np.ndarray:
-    """A mono float32 waveform at `sample_rate`; an unreadable, empty or non-finite file is a `DataError`."""
+def read_wav(path, sample_rate: int, name: str | None = None) -> np.ndarray:
+    """A mono float32 waveform at `sample_rate` from a path (or a file object named `name`); an unreadable, empty
+    or non-finite file is a `DataError`."""
+    name = name or path
     try:
-        wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
+        wave, rate = sf.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         message = " ".join(str(err).split())
-        raise DataError(f"cannot read audio file {path} ({message}); remove or replace it (a PCM .wav)") from err
+        raise DataError(f"cannot read audio file {name} ({message}); remove or replace it (a PCM .wav)") from err
     if wave.shape[0] == 0:
-        raise DataError(f"audio file {path} holds no samples (empty); remove or replace it")
+        raise DataError(f"audio file {name} holds no samples (empty); remove or replace it")
     if not np.isfinite(wave).all():  # a float wav can hold NaN: every score of the clip would be NaN
-        raise DataError(f"audio file {path} holds NaN or infinite samples; remove or replace it")
+        raise DataError(f"audio file {name} holds NaN or infinite samples; remove or replace it")
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     return resample(wave, int(rate), int(sample_rate))
 
@@ -164,6 +167,22 @@ class SpeechDataModule(ClassificationDataModule):
         if not files:
             raise DataError(f"no .wav files under {path}; pass a .wav file or a folder of .wav files")
         return [str(p) for p in files], ArrayDataset(self.read(files), torch.full((len(files),), -1))
+
+    @property
+    def serve_spec(self) -> str:
+        return f"a speech clip: a base64 WAV file (resampled to {self.sample_rate} Hz, {self.clip_seconds} s)"
+
+    def serve_item(self, item) -> torch.Tensor:
+        """A base64 WAV, read, resampled and padded/cropped as `predict_dataset` reads a file: (1, samples)."""
+        import io
+
+        data = base64_bytes(item, "a WAV file")
+        try:
+            wave = read_wav(io.BytesIO(data), self.sample_rate, "the base64 WAV")
+        except DataError as err:
+            raise ValueError(str(err).removesuffix("; remove or replace it (a PCM .wav)")
+                             .removesuffix("; remove or replace it")) from None  # fmt: skip
+        return torch.from_numpy(fix_length(wave, self.num_samples))[None]
 
 
 class FSDDDataModule(SpeechDataModule):

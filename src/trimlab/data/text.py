@@ -196,6 +196,16 @@ class TextDataModule(ClassificationDataModule):
             raise DataError(f"{path} has no text lines")
         return texts, ArrayDataset(self.encode(texts), torch.full((len(texts),), -1))
 
+    serve_spec = "a text: a non-empty string"
+
+    def serve_item(self, item) -> torch.Tensor:
+        """A non-empty string, tokenized as `predict_dataset` tokenizes a line."""
+        if not isinstance(item, str):
+            raise ValueError(f"expected a text (a string), got {type(item).__name__}")
+        if not item.strip():
+            raise ValueError("is an empty text; pass a non-empty string")
+        return self.encode([item.strip()])[0]
+
 
 class SST2DataModule(TextDataModule):
     """GLUE SST-2 at `<root>/sst2/SST-2/`: dev.tsv is the labelled test set (test.tsv has no labels); val is

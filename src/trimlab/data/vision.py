@@ -12,6 +12,7 @@ import torch
 from trimlab.data.base import (
     ArrayDataset,
     ClassificationDataModule,
+    base64_bytes,
     check_fraction,
     class_folders,
     fingerprint,
@@ -53,6 +54,45 @@ class VisionDataModule(ClassificationDataModule):
         names, images = read_images(path, self.input_shape)
         inputs = torch.cat([self.preprocess(image[None]) for image in images])
         return names, ArrayDataset(inputs, torch.full((len(names),), -1))
+
+    @property
+    def serve_spec(self) -> str:
+        channels, height, width = self.input_shape
+        shapes = f"({height}, {width}), ({height}, {width}, {channels}) or ({channels}, {height}, {width})"
+        return f"an image: pixel values in [0, 1] as nested lists shaped {shapes}, or a base64 PNG/JPEG (resized)"
+
+    def serve_item(self, item) -> torch.Tensor:
+        """A nested list of pixel values in [0, 1] at the model's size, or a base64 image file (resized)."""
+        import io
+
+        if isinstance(item, str):
+            data = base64_bytes(item, "an image file")
+            try:
+                image = read_image(io.BytesIO(data), self.input_shape[0], "the base64 image")
+            except DataError:
+                raise ValueError("is base64 but not an image file (PNG, JPEG, BMP, GIF or WebP)") from None
+        else:
+            image = pixel_array(item, self.input_shape)
+        return self.preprocess(image[None])[0]
+
+
+def pixel_array(item, input_shape: tuple[int, ...]) -> np.ndarray:
+    """One image from nested lists: its shape one of `as_images`', its values finite and in [0, 1]."""
+    try:
+        array = np.asarray(item, dtype=np.float32)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"expected an image as nested lists of numbers ({err})") from None
+    images = as_images(array[None] if array.ndim == 3 else array, input_shape)
+    if images is None or len(images) != 1:
+        channels, height, width = input_shape
+        raise ValueError(f"got an array shaped {array.shape}; expected ({height}, {width}), ({height}, {width}, "
+                         f"{channels}) or ({channels}, {height}, {width})")  # fmt: skip
+    if not np.isfinite(images).all():
+        raise ValueError("holds NaN or infinite values; pass finite pixel values in [0, 1]")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"holds values in [{images.min():g}, {images.max():g}]; pass pixel values in [0, 1] "
+                         "(divide 0-255 values by 255)")  # fmt: skip
+    return images[0]
 
 
 class DigitsDataModule(VisionDataModule):
@@ -151,14 +191,15 @@ class MNISTDataModule(VisionDataModule):
         return tensor_splits(self.preprocess(images), labels, [train_idx, val_idx, test_idx], ["train", "val", "test"])
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
+def read_image(path, channels: int, name: str | None = None) -> np.ndarray:
+    """An image file (a path, or a file object named `name`) as floats in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read image {path} ({err}); remove or replace it") from err
+        raise DataError(f"cannot read image {name or path} ({err}); remove or replace it") from err
     return array
 
 
