@@ -90,10 +90,19 @@ def row(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     out.update({k: v for k, v in cost.items() if isinstance(v, int | float) and not isinstance(v, bool)})
     out.update(deploy_rows.best_columns(cost.get("deploy")))
     out["ledger"] = cost.get("deploy")  # every deploy target's figures, for --targets
+    out.update(serving_columns(cost.get("serving")))
     out["measured"] = schema.measurement(summary)
     out["figures"] = schema.added(schema.declared(summary))  # the run's own cost figures, as it declared them
     out["run_dir"] = str(run_dir)
     return out
+
+
+SERVING = ("usd_per_million", "requests_per_s", "latency_ms_p50", "latency_ms_p99")
+
+
+def serving_columns(block: dict[str, Any] | None) -> dict[str, Any]:
+    """trimlab-loadtest's `cost.serving`: what a million served predictions cost, at what rate and latency."""
+    return {f"serving.{key}": block[key] for key in SERVING if isinstance((block or {}).get(key), int | float)}
 
 
 def numeric_keys(runs: list[dict[str, Any]]) -> list[str]:
@@ -116,6 +125,9 @@ def columns(runs: list[dict[str, Any]], console: bool = False) -> list[str]:
     best = [deploy_rows.BEST, *(f"{deploy_rows.BEST}.{k}" for k in deploy_rows.SHOWN[: 1 if console else None])]
     if not any(r.get("target") for r in runs):  # the chosen deploy variant and its figures, unless rows are variants
         present += [key for key in best if any(key in r for r in runs)]
+    present += [
+        f"serving.{key}" for key in SERVING[: 2 if console else None] if any(f"serving.{key}" in r for r in runs)
+    ]
     return ["run", "task", "status", *present, *(["measured"] if measured_labels(runs) else []), "overrides"]
 
 

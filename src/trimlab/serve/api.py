@@ -8,7 +8,6 @@ No `from __future__ import annotations` here: LitServe reads `decode_request`'s 
 FastAPI validate the body with it.
 """
 
-
 import logging
 import tempfile
 from dataclasses import dataclass

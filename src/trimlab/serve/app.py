@@ -54,6 +54,7 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     from hydra.utils import instantiate
 
     from trimlab.factory import load_run
+    from trimlab.report import cpu_capability, cpu_model
     from trimlab.serve import model, requests
     from trimlab.serve.api import ClassifierAPI
 
@@ -80,7 +81,9 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
                   "max_body_bytes": max_body},
         "batching": {"max_batch_size": int(cfg.max_batch_size), "batch_timeout_ms": float(cfg.batch_timeout_ms),
                      "workers": int(cfg.workers), "threads_per_worker": threads},
+        "input_shape": list(datamodule.input_shape), "sample_rate": getattr(datamodule, "sample_rate", None),
         "price_per_hour": (summary.get("cost") or {}).get("price_per_hour"),
+        "cpu": cpu_model(), "cpu_capability": cpu_capability(),
     }  # fmt: skip
 
     server.app.add_exception_handler(RequestValidationError, invalid_request)
@@ -117,12 +120,14 @@ def drain_on_sigterm(server: Any) -> None:
             os.kill(child.pid, signal.SIGTERM)
         for child in http:
             child.join(timeout=server.uvicorn_graceful_timeout + 5)
-        server._shutdown_event.set()  # what LitServe's run() waits on
+        try:
+            server._shutdown_event.set()  # what LitServe's run() waits on
+        except (OSError, EOFError) as err:  # its manager is gone (the whole process group was signalled)
+            log.warning("SIGTERM: LitServe's manager is gone (%s); stopping now", err)
+            os._exit(0)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        if os.getpid() != main_pid:  # a helper process forked from this one: the default action
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        if os.getpid() != main_pid:  # LitServe's manager, forked from here: it stays until the drain is done
             return
         log.warning("SIGTERM: answering open requests, then stopping")
         threading.Thread(target=drain, name="trimlab-drain", daemon=True).start()

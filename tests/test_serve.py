@@ -1,0 +1,247 @@
+"""trimlab-serve as a real server process on a free loopback port, spoken to over HTTP: its answers equal
+trimlab-predict's, bad requests get their own 4xx while good ones are answered, concurrent requests share a
+batch, a load test writes every figure, and SIGTERM answers what is open and exits 0."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BIN, assert_clear_error, cli_env, run_cli
+
+pytest.importorskip("litserve")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, body: bytes | dict, timeout: float = 60) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/predict", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+    except (urllib.error.URLError, ConnectionError) as err:  # refused: the server no longer takes connections
+        return 0, {"error": repr(err)}
+
+
+def get(url: str, path: str) -> dict:
+    with urllib.request.urlopen(f"{url}{path}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+class Server:
+    def __init__(self, run_dir: Path, cwd: Path, *overrides: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(cwd / f"serve-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [str(BIN / "trimlab-serve"), f"run_dir={run_dir}", f"port={self.port}", *overrides],
+            cwd=cwd, env=cli_env(cwd), stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (cwd / f"serve-{self.port}.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("the server did not become healthy in 120 s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A 1-epoch digits run, served with a batching window wide enough for concurrent requests to meet."""
+    cwd = tmp_path_factory.mktemp("serve")
+    run_dir = cwd / "run"
+    result = run_cli("trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    server = Server(run_dir, cwd, "max_batch_size=16", "batch_timeout_ms=30", "max_items=64", "max_body_mb=1")
+    yield {"server": server, "run_dir": run_dir, "cwd": cwd}
+    server.stop()
+
+
+def images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((count, 8, 8)).astype(np.float32)
+
+
+def png_base64(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((image * 255).round().astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_predictions_equal_trimlab_predict_for_lists_and_png(served):
+    url, cwd, run_dir = served["server"].url, served["cwd"], served["run_dir"]
+    pixels = images(5)
+    np.save(cwd / "inputs.npy", pixels)
+    result = run_cli(f"run_dir={run_dir}", f"inputs={cwd / 'inputs.npy'}", f"output={cwd / 'p.csv'}", cwd=cwd,
+                     script="trimlab-predict")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = (cwd / "p.csv").read_text().splitlines()[1:]
+    expected = [(int(r.split(",")[1]), float(r.split(",")[3])) for r in rows]
+
+    status, answer = post(url, {"inputs": pixels.tolist()})
+    assert status == 200, answer
+    got = [(p["class_index"], p["probability"]) for p in answer["predictions"]]
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    assert np.allclose([g[1] for g in got], [e[1] for e in expected], atol=1e-5)
+    first = answer["predictions"][0]
+    assert len(first["probabilities"]) == 10 and abs(sum(first["probabilities"]) - 1) < 1e-4
+    assert first["class_name"] == str(first["class_index"])
+
+    quantized = (pixels[0] * 255).round() / 255  # what a PNG holds
+    status, answer = post(url, {"inputs": [png_base64(pixels[0]), quantized.tolist()]})
+    assert status == 200, answer
+    from_png, from_list = answer["predictions"]
+    assert from_png["class_index"] == from_list["class_index"]
+    assert np.allclose(from_png["probabilities"], from_list["probabilities"], atol=1e-5)
+
+
+BAD = [
+    (b'{"inputs": [[0.1, 0.2', "json_invalid"),
+    ({"inputs": []}, "at least 1 item"),
+    ({"inputs": ["not an image"]}, "inputs[0]"),
+    ({"inputs": [[[0.5] * 3] * 3]}, "shaped (3, 3)"),
+    (b'{"inputs": [[[NaN, 0, 0, 0, 0, 0, 0, 0]]]}', "inputs[0]"),
+    ({"inputs": [[[2.0] * 8] * 8]}, "in [0, 1]"),
+    ({"inputs": [7]}, "valid"),
+    ({"pixels": [[[0.5] * 8] * 8]}, "inputs"),
+    ({"inputs": [[[0.5] * 8] * 8] * 65}, "at most 64"),
+]
+
+
+def test_bad_requests_get_4xx_naming_the_field_and_good_ones_are_still_answered(served):
+    url = served["server"].url
+    good_images = images(4, seed=1)
+    _, reference = post(url, {"inputs": good_images.tolist()})
+    nan_row = b'{"inputs": [' + json.dumps([[0.5] * 8] * 7).encode()[:-1] + b", [NaN, 0, 0, 0, 0, 0, 0, 0]]]}"
+    bad = [*BAD, (nan_row, "NaN"), ({"inputs": ["A" * (2 * 2**20)]}, "too large")]
+    jobs = [("bad", i % len(bad)) for i in range(200)] + [("good", i % 4) for i in range(50)]
+    np.random.default_rng(0).shuffle(jobs)
+
+    def send(job):
+        kind, index = job
+        if kind == "good":
+            return job, post(url, {"inputs": [good_images[index].tolist()]})
+        return job, post(url, bad[index][0])
+
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(send, jobs))
+    for (kind, index), (status, answer) in outcomes:
+        if kind == "good":
+            assert status == 200, answer
+            assert answer["predictions"][0]["probabilities"] == pytest.approx(
+                reference["predictions"][index]["probabilities"], abs=1e-5)  # fmt: skip
+        else:
+            body, fragment = bad[index]
+            assert 400 <= status < 500, (body[:80], status, answer)
+            assert fragment in json.dumps(answer), (fragment, answer)
+    assert post(url, {"inputs": good_images[:1].tolist()})[0] == 200
+
+
+def test_concurrent_requests_arrive_in_one_batch_and_info_counts_them(served):
+    url = served["server"].url
+    before = get(url, "/info")["served"]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda i: post(url, {"inputs": images(1, seed=i).tolist()}), range(12)))
+    assert all(status == 200 for status, _ in answers)
+    assert max(answer["batch_requests"] for _, answer in answers) > 1
+    info = get(url, "/info")
+    assert info["served"]["requests"] - before["requests"] == 12
+    assert info["served"]["batches"] - before["batches"] < 12 and info["served"]["max_batch_requests"] > 1
+    assert info["class_names"] == [str(d) for d in range(10)] and info["input"]["modality"] == "vision"
+    assert info["runtime"] == "torch" and info["ledger"]["latency_ms_p50"] > 0 and 0 < info["ledger"]["test/acc"] <= 1
+    schema = get(url, "/openapi.json")
+    assert "/predict" in schema["paths"] and "PredictRequest" in json.dumps(schema)
+
+
+def test_a_batch_that_raises_fails_its_requests_with_500_and_a_reason():
+    from fastapi import HTTPException
+
+    from trimlab.serve.api import Batch, ClassifierAPI
+
+    api = ClassifierAPI("unused", {}, 1, None, max_batch_size=4, batch_timeout=0.0)
+
+    def broken(items):
+        raise RuntimeError("the runtime lost its session")
+
+    api.run = broken
+    with pytest.raises(HTTPException) as raised:
+        api.predict(Batch([np.zeros((1, 8, 8), np.float32)] * 3, [2, 1]))
+    assert raised.value.status_code == 500
+    assert "2 request(s) failed: RuntimeError: the runtime lost its session" in raised.value.detail
+
+
+def test_loadtest_writes_every_figure_and_a_serving_cost_block(served):
+    url, run_dir, cwd = served["server"].url, served["run_dir"], served["cwd"]
+    result = run_cli(url, "--concurrency", "1,4", "--duration", "2", "--requests", "60", cwd=cwd,
+                     script="trimlab-loadtest")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    bench = json.loads((run_dir / "serve_bench.json").read_text())
+    assert [level["concurrency"] for level in bench["levels"]] == [1, 4]
+    for level in bench["levels"]:
+        assert level["requests"] > 0 and level["errors"] == 0 and level["requests"] <= 60
+        for key in ("requests_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "usd_per_million"):
+            assert level[key] > 0, key
+        assert level["usd_per_million"] == pytest.approx(0.10 / 3600 / level["requests_per_s"] * 1e6, rel=1e-3)
+    assert bench["cpu"] and bench["cpu_capability"] and bench["variant"] == "torch/eager"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["cost"]["serving"]["usd_per_million"] == bench["usd_per_million"]
+    compared = run_cli(str(run_dir), "--csv", str(cwd / "cmp.csv"), "--pareto", "test/acc:serving.usd_per_million",
+                       "--png", str(cwd / "p.png"), cwd=cwd, script="trimlab-compare")  # fmt: skip
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert "serving.usd_per_million" in (cwd / "cmp.csv").read_text().splitlines()[0]
+    assert "serving.usd_per_million" in compared.stdout
+
+
+def test_command_line_errors_are_one_line(served):
+    cwd, run_dir, port = served["cwd"], served["run_dir"], served["server"].port
+    assert_clear_error(run_cli(cwd=cwd, script="trimlab-serve"), "run_dir is required")
+    assert_clear_error(run_cli(f"run_dir={run_dir}", f"port={port}", cwd=cwd, script="trimlab-serve"),
+                       "cannot listen on 127.0.0.1")  # fmt: skip
+    assert_clear_error(run_cli("http://example.com:80", cwd=cwd, script="trimlab-loadtest"),
+                       "loads servers on this machine only")  # fmt: skip
+
+
+def test_sigterm_answers_open_requests_then_exits_0(served):
+    """Requests in flight when SIGTERM comes are answered; later ones are refused (no connection), never failed."""
+    server = served["server"]
+    batch = {"inputs": images(64, seed=3).tolist()}
+    with ThreadPoolExecutor(16) as pool:
+        pending = [pool.submit(post, server.url, batch) for _ in range(400)]
+        time.sleep(1.0)
+        server.process.send_signal(signal.SIGTERM)
+        outcomes = [future.result(timeout=90) for future in pending]
+    assert server.process.wait(60) == 0
+    statuses = [status for status, _ in outcomes]
+    assert set(statuses) <= {200, 0}, sorted(set(statuses))
+    assert statuses.count(200) >= 16, statuses.count(200)
+    assert all(answer["predictions"][0]["class_name"] for status, answer in outcomes if status == 200)
