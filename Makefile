@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint lock clean bench bench-overhead bench-sweep bench-deploy
+.PHONY: setup demo test lint lock clean bench bench-overhead bench-sweep bench-deploy bench-serve
 
 setup:
 	@bash scripts/setup_env.sh
@@ -37,6 +37,10 @@ bench-sweep: $(BIN)/trimlab-train
 # The deploy targets on MNIST, SST-2 and FSDD models, and the peer row (needs the datasets: TRIMLAB_DATA).
 bench-deploy: $(BIN)/trimlab-train
 	$(BIN)/python experiments/deploy/bench.py
+
+# A fresh digits run behind trimlab-serve, loaded by trimlab-loadtest (experiments/serving; --all adds MNIST, SST-2).
+bench-serve: $(BIN)/trimlab-train
+	$(BIN)/python experiments/serving/bench.py
 
 # Re-pin every package after changing dependencies in pyproject.toml.
 lock: $(BIN)/trimlab-train

@@ -245,3 +245,20 @@ def test_sigterm_answers_open_requests_then_exits_0(served):
     assert set(statuses) <= {200, 0}, sorted(set(statuses))
     assert statuses.count(200) >= 16, statuses.count(200)
     assert all(answer["predictions"][0]["class_name"] for status, answer in outcomes if status == 200)
+
+
+def test_a_base64_wav_item_is_read_as_its_file_is(tmp_path):
+    import soundfile as sf
+    import torch
+
+    from trimlab.data.speech import WavFolderDataModule, load_clips
+
+    path = tmp_path / "clip.wav"
+    sf.write(path, (0.3 * np.sin(np.arange(6000) / 5)).astype(np.float32), 8000)
+    datamodule = WavFolderDataModule(root=str(tmp_path), sample_rate=16000, clip_seconds=1.0)
+    item = datamodule.serve_item(base64.b64encode(path.read_bytes()).decode())
+    assert torch.equal(item, load_clips([path], 16000, 16000)[0])
+    for bad, fragment in (("bm90IGEgd2F2", "is base64 but not a WAV file"), ("%%", "base64"), (3, "got int")):
+        with pytest.raises(ValueError) as raised:
+            datamodule.serve_item(bad)
+        assert fragment in str(raised.value), str(raised.value)

@@ -247,16 +247,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         """Write what predict needs besides the weights (a tokenizer, say) into the run dir."""
 
     def predict_dataset(self, path: Path) -> tuple[list[str], ArrayDataset]:
-        """Names and model-ready items (targets -1) for raw inputs: a file or a folder of them."""
+        """Names and model-ready items (targets -1) for raw inputs: a file or a folder of them. A DataModule that
+        can be served also has `serve_item` (a JSON value → the same item, or a `ValueError`) and `serve_spec`."""
         raise DataError(f"{type(self).__name__} cannot read raw inputs for prediction")
-
-    def serve_item(self, item: Any) -> torch.Tensor:
-        """One served request item (a JSON value) as the model-ready item `predict_dataset` would make of the same
-        input; a `ValueError` says what is wrong with it and what was expected (the server's 422)."""
-        raise ValueError(f"{type(self).__name__} does not take served inputs")
-
-    # What one served item is, for the server's /info and OpenAPI page.
-    serve_spec = "none"
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.splits["train"]
@@ -294,20 +287,6 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def augment_batch(self, inputs):
         return inputs
-
-
-def base64_bytes(item: Any, what: str) -> bytes:
-    """The bytes of a base64 string (standard or URL-safe, a `data:` URL prefix allowed)."""
-    import base64
-    import binascii
-
-    if not isinstance(item, str):
-        raise ValueError(f"expected {what} as a base64 string, got {type(item).__name__}")
-    text = item.split(",", 1)[1] if item.startswith("data:") else item
-    try:
-        return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise ValueError(f"expected {what} as a base64 string: {err}") from err
 
 
 def tensor_splits(

@@ -25,7 +25,6 @@ from scipy.signal import resample_poly
 from trimlab.data.base import (
     ArrayDataset,
     ClassificationDataModule,
-    base64_bytes,
     check_fraction,
     class_folders,
     fingerprint,
@@ -34,6 +33,8 @@ from trimlab.data.base import (
     stratified_split,
     tensor_splits,
 )
+from trimlab.data.items import base64_file
+from trimlab.data.transforms import random_gain, random_time_shift
 from trimlab.errors import ConfigError, DataError
 
 AUDIO_SUFFIXES = {".wav"}
@@ -82,26 +83,6 @@ def load_clips(paths: Sequence[Path], sample_rate: int, length: int) -> torch.Te
 
 def wav_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-
-
-def random_gain(inputs: torch.Tensor, max_db: float) -> torch.Tensor:
-    """Scale each clip by a gain drawn uniformly in [-max_db, +max_db] dB (a louder or quieter speaker)."""
-    if max_db <= 0:
-        return inputs
-    db = (torch.rand(inputs.shape[0]) * 2 - 1) * max_db
-    gain = torch.pow(10.0, db / 20).to(device=inputs.device, dtype=inputs.dtype)
-    return inputs * gain.view(-1, *([1] * (inputs.dim() - 1)))
-
-
-def random_time_shift(inputs: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Move each clip by up to ±`max_shift` samples, zero-filled (pad then crop: nothing wraps around)."""
-    if max_shift <= 0:
-        return inputs
-    n, channels, length = inputs.shape
-    padded = torch.nn.functional.pad(inputs, (max_shift, max_shift))
-    offsets = torch.randint(0, 2 * max_shift + 1, (n,))
-    positions = (offsets[:, None] + torch.arange(length)).to(inputs.device)  # (N, T)
-    return torch.gather(padded, 2, positions[:, None, :].expand(n, channels, length))
 
 
 class SpeechDataModule(ClassificationDataModule):
@@ -174,14 +155,7 @@ class SpeechDataModule(ClassificationDataModule):
 
     def serve_item(self, item) -> torch.Tensor:
         """A base64 WAV, read, resampled and padded/cropped as `predict_dataset` reads a file: (1, samples)."""
-        import io
-
-        data = base64_bytes(item, "a WAV file")
-        try:
-            wave = read_wav(io.BytesIO(data), self.sample_rate, "the base64 WAV")
-        except DataError as err:
-            raise ValueError(str(err).removesuffix("; remove or replace it (a PCM .wav)")
-                             .removesuffix("; remove or replace it")) from None  # fmt: skip
+        wave = base64_file(item, "a WAV file", lambda f: read_wav(f, self.sample_rate, "the WAV"))
         return torch.from_numpy(fix_length(wave, self.num_samples))[None]
 
 

@@ -55,3 +55,23 @@ def to_batch(images01: np.ndarray, input_shape: tuple[int, ...]) -> torch.Tensor
     if tuple(batch.shape[-2:]) != (height, width):
         batch = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return batch.contiguous()
+
+
+def random_gain(inputs: torch.Tensor, max_db: float) -> torch.Tensor:
+    """Scale each clip by a gain drawn uniformly in [-max_db, +max_db] dB (a louder or quieter speaker)."""
+    if max_db <= 0:
+        return inputs
+    db = (torch.rand(inputs.shape[0]) * 2 - 1) * max_db
+    gain = torch.pow(10.0, db / 20).to(device=inputs.device, dtype=inputs.dtype)
+    return inputs * gain.view(-1, *([1] * (inputs.dim() - 1)))
+
+
+def random_time_shift(inputs: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Move each clip by up to ±`max_shift` samples, zero-filled (pad then crop: nothing wraps around)."""
+    if max_shift <= 0:
+        return inputs
+    n, channels, length = inputs.shape
+    padded = torch.nn.functional.pad(inputs, (max_shift, max_shift))
+    offsets = torch.randint(0, 2 * max_shift + 1, (n,))
+    positions = (offsets[:, None] + torch.arange(length)).to(inputs.device)  # (N, T)
+    return torch.gather(padded, 2, positions[:, None, :].expand(n, channels, length))

@@ -12,7 +12,6 @@ import torch
 from trimlab.data.base import (
     ArrayDataset,
     ClassificationDataModule,
-    base64_bytes,
     check_fraction,
     class_folders,
     fingerprint,
@@ -21,6 +20,7 @@ from trimlab.data.base import (
     stratified_split,
     tensor_splits,
 )
+from trimlab.data.items import as_images, base64_file, pixel_array
 from trimlab.data.transforms import normalize, random_hflip, random_shift, to_batch
 from trimlab.errors import DataError
 
@@ -63,36 +63,11 @@ class VisionDataModule(ClassificationDataModule):
 
     def serve_item(self, item) -> torch.Tensor:
         """A nested list of pixel values in [0, 1] at the model's size, or a base64 image file (resized)."""
-        import io
-
         if isinstance(item, str):
-            data = base64_bytes(item, "an image file")
-            try:
-                image = read_image(io.BytesIO(data), self.input_shape[0], "the base64 image")
-            except DataError:
-                raise ValueError("is base64 but not an image file (PNG, JPEG, BMP, GIF or WebP)") from None
+            image = base64_file(item, "an image file", lambda f: read_image(f, self.input_shape[0], "the image"))
         else:
             image = pixel_array(item, self.input_shape)
         return self.preprocess(image[None])[0]
-
-
-def pixel_array(item, input_shape: tuple[int, ...]) -> np.ndarray:
-    """One image from nested lists: its shape one of `as_images`', its values finite and in [0, 1]."""
-    try:
-        array = np.asarray(item, dtype=np.float32)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"expected an image as nested lists of numbers ({err})") from None
-    images = as_images(array[None] if array.ndim == 3 else array, input_shape)
-    if images is None or len(images) != 1:
-        channels, height, width = input_shape
-        raise ValueError(f"got an array shaped {array.shape}; expected ({height}, {width}), ({height}, {width}, "
-                         f"{channels}) or ({channels}, {height}, {width})")  # fmt: skip
-    if not np.isfinite(images).all():
-        raise ValueError("holds NaN or infinite values; pass finite pixel values in [0, 1]")
-    if images.min() < 0 or images.max() > 1:
-        raise ValueError(f"holds values in [{images.min():g}, {images.max():g}]; pass pixel values in [0, 1] "
-                         "(divide 0-255 values by 255)")  # fmt: skip
-    return images[0]
 
 
 class DigitsDataModule(VisionDataModule):
@@ -279,27 +254,6 @@ def read_npy(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
             f"{len(images)} images in {path}); pass finite values in [0, 1]"
         )
     return images
-
-
-def as_images(array: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray | None:
-    """`array` as (N, H, W) or (N, C, H, W) at the model's H×W, or None when it is not one of the accepted
-    shapes. Flat rows (N, H·W) are accepted for one channel only: with more, the channel order is a guess."""
-    channels, height, width = input_shape
-
-    def fits(k: int) -> bool:  # what to_batch converts to the model's channels
-        return k in (channels, 1) or (channels, k) == (1, 3)
-
-    if array.shape == (height, width):
-        return array[None]
-    if array.ndim == 2 and channels == 1 and array.shape[1] == height * width:
-        return array.reshape(-1, height, width)
-    if array.ndim == 3 and array.shape[1:] == (height, width):
-        return array
-    if array.ndim == 4 and array.shape[2:] == (height, width) and fits(array.shape[1]):
-        return array
-    if array.ndim == 4 and array.shape[1:3] == (height, width) and fits(array.shape[3]):
-        return array.transpose(0, 3, 1, 2)
-    return None
 
 
 def expected_shapes(input_shape: tuple[int, ...]) -> str:

@@ -65,6 +65,9 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     served = model.plan(run_dir, summary, str(cfg.target))
     datamodule = instantiate(run_cfg.data)
     datamodule.restore(run_dir, summary["data"])
+    if not hasattr(datamodule, "serve_item"):
+        raise ConfigError(f"{type(datamodule).__name__} has no served input format (serve_item); serve a vision, "
+                          "text or speech run, or add serve_item to your DataModule")  # fmt: skip
     requests.accept(datamodule, int(cfg.max_items))
     threads = int(cfg.threads) if cfg.threads else max(1, (os.cpu_count() or 1) // int(cfg.workers))
     counters = multiprocessing.get_context("spawn").Array("q", 4)  # batches, requests, items, most per batch

@@ -1,0 +1,138 @@
+"""make bench-serve: trained runs behind trimlab-serve, loaded by trimlab-loadtest, in one benchmark run.
+
+    python experiments/serving/bench.py                # digits: fp32 (inductor) and its deployed variant
+    python experiments/serving/bench.py --all          # + MNIST fp32 vs pruned+int8 deployed, SST-2 transformer
+    python experiments/serving/bench.py --duration 15  # seconds per concurrency level (default 10)
+
+Each served model gets two servers, one after the other: the default one (max_batch_size=32, batch_timeout_ms=5),
+loaded at concurrency 1, 8 and 32, and a latency one (batch_timeout_ms=0: a request never waits for others),
+loaded at concurrency 1, whose p50 minus the ledger's batch-1 latency is the server's overhead. Ratios are taken
+within this one run; the CPU model and torch's CPU capability are recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+BIN = Path(sys.executable).parent
+QUICK = ["trainer.max_epochs=1", "++trainer.limit_train_batches=50", "++compression.prune_structured.epochs=1"]
+TARGETS = "deploy=[inductor,onnxruntime,openvino]"
+# name → (training overrides, [(label, serve target)])
+CASES = {
+    "digits": (["trainer.max_epochs=5", "deploy=[inductor,onnxruntime]"],
+               [("fp32 inductor", "inductor"), ("deployed", "deployed")]),
+    "mnist_cnn": (["experiment=mnist_cnn", TARGETS, *QUICK], [("fp32 inductor", "inductor")]),
+    "mnist_prune_quantize": (["experiment=mnist_prune_quantize", TARGETS, "deploy.tolerance_pt=1.0", *QUICK],
+                             [("deployed", "deployed")]),
+    "sst2_transformer": (["experiment=sst2_transformer", TARGETS, "deploy.objective=throughput", *QUICK],
+                         [("deployed", "deployed")]),
+}  # fmt: skip
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    print("$", " ".join(Path(a).name if i == 0 else a for i, a in enumerate(args)), flush=True)
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"},
+                            **kwargs)  # fmt: skip
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{result.stderr[-3000:]}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_and_load(run_dir: Path, target: str, levels: str, duration: float, *knobs: str) -> dict:
+    """Start a server, wait for /health, load it, stop it with SIGTERM; the load test's JSON."""
+    port = free_port()
+    args = [str(BIN / "trimlab-serve"), f"run_dir={run_dir}", f"port={port}", f"target={target}", *knobs]
+    print("$", " ".join(args[1:]), flush=True)
+    log = open(run_dir / f"serve-{target}.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise SystemExit(f"trimlab-serve exited: {(run_dir / f'serve-{target}.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        run([str(BIN / "trimlab-loadtest"), f"http://127.0.0.1:{port}", "--concurrency", levels,
+             "--duration", str(duration)])  # fmt: skip
+        return json.loads((run_dir / "serve_bench.json").read_text())
+    finally:
+        server.terminate()
+        server.wait(120)
+        log.close()
+
+
+def measure(run_dir: Path, target: str, duration: float) -> dict:
+    loaded = serve_and_load(run_dir, target, "1,8,32", duration)
+    quick = serve_and_load(run_dir, target, "1", duration, "batch_timeout_ms=0")
+    ledger = loaded["ledger"]
+    by_level = {level["concurrency"]: level for level in loaded["levels"]}
+    p50 = quick["levels"][0]["latency_ms_p50"]
+    return {
+        "variant": loaded["variant"], "runtime": loaded["runtime"], "ledger": ledger, "levels": loaded["levels"],
+        "latency_server_c1": quick["levels"][0],
+        "overhead_ms_c1": round(p50 - ledger["latency_ms_p50"], 3) if "latency_ms_p50" in ledger else None,
+        "c32_vs_ledger_throughput": round(by_level[32]["requests_per_s"] / ledger["throughput_samples_per_s"], 4)
+        if ledger.get("throughput_samples_per_s") else None,
+        "usd_per_million_c32": by_level[32]["usd_per_million"],
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--all", action="store_true", help="MNIST and SST-2 too (needs TRIMLAB_DATA)")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--out", default=str(REPO / "outputs" / "bench-serve"))
+    args = parser.parse_args()
+    from trimlab.report import cpu_capability, cpu_model
+
+    out = Path(args.out)
+    results = {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "duration_s": args.duration, "cases": {}}
+    for name, (overrides, served) in CASES.items():
+        if name != "digits" and not args.all:
+            continue
+        run_dir = out / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run([str(BIN / "trimlab-train"), *overrides, "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"])
+        for label, target in served:
+            results["cases"][f"{name} {label}"] = measure(run_dir, target, args.duration)
+    cases = results["cases"]
+    for base, small in (("digits fp32 inductor", "digits deployed"),
+                        ("mnist_cnn fp32 inductor", "mnist_prune_quantize deployed")):  # fmt: skip
+        if base in cases and small in cases:
+            results[f"usd_per_million {small} / {base}"] = round(
+                cases[small]["usd_per_million_c32"] / cases[base]["usd_per_million_c32"], 4)  # fmt: skip
+    path = HERE / ("results.json" if args.all else "results_digits.json")
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "cases"}, indent=2))
+    for name, case in cases.items():
+        levels = ", ".join(f"c{lv['concurrency']} {lv['requests_per_s']} req/s p50 {lv['latency_ms_p50']} "
+                           f"p99 {lv['latency_ms_p99']}" for lv in case["levels"])  # fmt: skip
+        print(
+            f"{name} ({case['variant']}): {levels}; overhead c1 {case['overhead_ms_c1']} ms; "
+            f"c32/ledger {case['c32_vs_ledger_throughput']}; ${case['usd_per_million_c32']}/M"
+        )
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
