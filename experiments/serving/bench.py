@@ -36,7 +36,7 @@ CASES = {
     "mnist_prune_quantize": (["experiment=mnist_prune_quantize", TARGETS, "deploy.tolerance_pt=1.0", *QUICK],
                              [("deployed", "deployed")]),
     "sst2_transformer": (["experiment=sst2_transformer", TARGETS, "deploy.objective=throughput", *QUICK],
-                         [("deployed", "deployed")]),
+                         [("fp32 onnxruntime", "onnxruntime"), ("deployed", "deployed")]),
 }  # fmt: skip
 
 
@@ -117,7 +117,8 @@ def main() -> None:
             results["cases"][f"{name} {label}"] = measure(run_dir, target, args.duration)
     cases = results["cases"]
     for base, small in (("digits fp32 inductor", "digits deployed"),
-                        ("mnist_cnn fp32 inductor", "mnist_prune_quantize deployed")):  # fmt: skip
+                        ("mnist_cnn fp32 inductor", "mnist_prune_quantize deployed"),
+                        ("sst2_transformer fp32 onnxruntime", "sst2_transformer deployed")):  # fmt: skip
         if base in cases and small in cases:
             results[f"usd_per_million {small} / {base}"] = round(
                 cases[small]["usd_per_million_c32"] / cases[base]["usd_per_million_c32"], 4)  # fmt: skip

@@ -75,7 +75,8 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
                         batch_timeout=float(cfg.batch_timeout_ms) / 1000)  # fmt: skip
     max_body = int(float(cfg.max_body_mb) * 2**20)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=int(cfg.workers), timeout=float(cfg.timeout_s),
-                          max_payload_size=max_body, info_path="/litserve/info")  # fmt: skip
+                          max_payload_size=max_body, info_path="/litserve/info",
+                          fast_queue=bool(cfg.fast_queue))  # fmt: skip
     info = {
         "run_id": summary.get("run_id"), "run_dir": str(run_dir), "task_name": summary.get("task_name"),
         "model": str(run_cfg.model.get("_target_", "")).rsplit(".", 1)[-1], **served,

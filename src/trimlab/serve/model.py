@@ -47,6 +47,11 @@ def built_plan(target: str, summary: dict[str, Any], ledger: dict[str, Any]) -> 
     runtime = "torch" if target == "inductor" else target
     if importlib.util.find_spec(runtime) is None:
         raise ConfigError(f"target={target} needs {runtime}, which is not installed; pip install 'trimlab[deploy]'")
+    artifact = str(((summary.get("compression") or {}).get("artifact") or {}).get("path", ""))
+    if target != "inductor" and artifact.endswith(".pt2"):
+        raise ConfigError(f"target={target}: this run's final model is an exported int8/bf16 torch program "
+                          f"({artifact}), which ONNX export does not take; serve target=inductor, or train with "
+                          f"deploy=[inductor,{target}] and serve target=deployed")  # fmt: skip
     variant = "compressed" if target == "inductor" and summary.get("compression") else "fp32"
     entry = (ledger.get(target) or {}).get(variant) or {}
     if not entry and target == "inductor" and (summary.get("cost") or {}).get("compiled"):

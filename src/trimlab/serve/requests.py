@@ -32,6 +32,11 @@ class PredictRequest(BaseModel):
 
     inputs: list[str | list[Any]] = Field(min_length=1, description="one item per prediction, in the run's modality")
 
+    def __repr__(self) -> str:  # LitServe formats every request into a debug line, logged or not: keep it cheap
+        return f"PredictRequest({len(self.inputs)} items)"
+
+    __str__ = __repr__
+
     @field_validator("inputs", mode="after")
     @classmethod
     def model_ready(cls, inputs: list[Any]) -> list[np.ndarray]:
