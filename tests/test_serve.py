@@ -211,6 +211,7 @@ def test_loadtest_writes_every_figure_and_a_serving_cost_block(served):
         assert level["requests"] > 0 and level["errors"] == 0 and level["requests"] <= 60
         for key in ("requests_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "usd_per_million"):
             assert level[key] > 0, key
+        assert level["predictions_per_s"] == level["requests_per_s"] and level["items_per_request"] == 1
         assert level["usd_per_million"] == pytest.approx(0.10 / 3600 / level["requests_per_s"] * 1e6, rel=1e-3)
     assert bench["cpu"] and bench["cpu_capability"] and bench["variant"] == "torch/eager"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -224,6 +225,8 @@ def test_loadtest_writes_every_figure_and_a_serving_cost_block(served):
 
 def test_command_line_errors_are_one_line(served):
     cwd, run_dir, port = served["cwd"], served["run_dir"], served["server"].port
+    helped = run_cli("--help", cwd=cwd, script="trimlab-serve")
+    assert helped.returncode == 0 and "max_batch_size" in helped.stdout and "batch_timeout_ms" in helped.stdout
     assert_clear_error(run_cli(cwd=cwd, script="trimlab-serve"), "run_dir is required")
     assert_clear_error(run_cli(f"run_dir={run_dir}", f"port={port}", cwd=cwd, script="trimlab-serve"),
                        "cannot listen on 127.0.0.1")  # fmt: skip

@@ -4,9 +4,11 @@
     python experiments/serving/bench.py --all          # + MNIST fp32 vs pruned+int8 deployed, SST-2 transformer
     python experiments/serving/bench.py --duration 15  # seconds per concurrency level (default 10)
 
-Each served model gets two servers, one after the other: the default one (max_batch_size=32, batch_timeout_ms=5),
-loaded at concurrency 1, 8 and 32, and a latency one (batch_timeout_ms=0: a request never waits for others),
-loaded at concurrency 1, whose p50 minus the ledger's batch-1 latency is the server's overhead. Ratios are taken
+Each served model gets two servers, one after the other: a latency one (batch_timeout_ms=0: a request never
+waits for others), loaded at concurrency 1, whose p50 minus the ledger's batch-1 latency is the server's
+overhead; and the default one (max_batch_size=32, batch_timeout_ms=5), loaded with 64 inputs per request at
+concurrency 8 (where the model's speed shows), then with one input per request at concurrency 1, 8 and 32 (the
+figures its `cost.serving` keeps). Ratios are taken
 within this one run; the CPU model and torch's CPU capability are recorded with them.
 """
 
@@ -55,8 +57,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve_and_load(run_dir: Path, target: str, levels: str, duration: float, *knobs: str) -> dict:
-    """Start a server, wait for /health, load it, stop it with SIGTERM; the load test's JSON."""
+def serve_and_load(run_dir: Path, target: str, loads: list[tuple[str, int]], duration: float, *knobs: str) -> list:
+    """Start a server, wait for /health, load it with each (concurrency levels, items per request), stop it with
+    SIGTERM; each load test's JSON."""
     port = free_port()
     args = [str(BIN / "trimlab-serve"), f"run_dir={run_dir}", f"port={port}", f"target={target}", *knobs]
     print("$", " ".join(args[1:]), flush=True)
@@ -72,9 +75,12 @@ def serve_and_load(run_dir: Path, target: str, levels: str, duration: float, *kn
                 break
             except OSError:
                 time.sleep(1)
-        run([str(BIN / "trimlab-loadtest"), f"http://127.0.0.1:{port}", "--concurrency", levels,
-             "--duration", str(duration)])  # fmt: skip
-        return json.loads((run_dir / "serve_bench.json").read_text())
+        results = []
+        for levels, items in loads:
+            run([str(BIN / "trimlab-loadtest"), f"http://127.0.0.1:{port}", "--concurrency", levels,
+                 "--items", str(items), "--duration", str(duration)])  # fmt: skip
+            results.append(json.loads((run_dir / "serve_bench.json").read_text()))
+        return results
     finally:
         server.terminate()
         server.wait(120)
@@ -82,8 +88,8 @@ def serve_and_load(run_dir: Path, target: str, levels: str, duration: float, *kn
 
 
 def measure(run_dir: Path, target: str, duration: float) -> dict:
-    loaded = serve_and_load(run_dir, target, "1,8,32", duration)
-    quick = serve_and_load(run_dir, target, "1", duration, "batch_timeout_ms=0")
+    (quick,) = serve_and_load(run_dir, target, [("1", 1)], duration, "batch_timeout_ms=0")
+    many, loaded = serve_and_load(run_dir, target, [("8", 64), ("1,8,32", 1)], duration)  # cost.serving: 1 item
     ledger = loaded["ledger"]
     by_level = {level["concurrency"]: level for level in loaded["levels"]}
     p50 = quick["levels"][0]["latency_ms_p50"]
@@ -94,6 +100,10 @@ def measure(run_dir: Path, target: str, duration: float) -> dict:
         "c32_vs_ledger_throughput": round(by_level[32]["requests_per_s"] / ledger["throughput_samples_per_s"], 4)
         if ledger.get("throughput_samples_per_s") else None,
         "usd_per_million_c32": by_level[32]["usd_per_million"],
+        "items64_c8": many["levels"][0], "usd_per_million_items64": many["levels"][0]["usd_per_million"],
+        "items64_vs_ledger_throughput": round(many["levels"][0]["predictions_per_s"]
+                                              / ledger["throughput_samples_per_s"], 4)
+        if ledger.get("throughput_samples_per_s") else None,
     }  # fmt: skip
 
 
@@ -120,18 +130,18 @@ def main() -> None:
                         ("mnist_cnn fp32 inductor", "mnist_prune_quantize deployed"),
                         ("sst2_transformer fp32 onnxruntime", "sst2_transformer deployed")):  # fmt: skip
         if base in cases and small in cases:
-            results[f"usd_per_million {small} / {base}"] = round(
-                cases[small]["usd_per_million_c32"] / cases[base]["usd_per_million_c32"], 4)  # fmt: skip
+            for key in ("usd_per_million_c32", "usd_per_million_items64"):
+                results[f"{key}: {small} / {base}"] = round(cases[small][key] / cases[base][key], 4)
     path = HERE / ("results.json" if args.all else "results_digits.json")
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "cases"}, indent=2))
     for name, case in cases.items():
         levels = ", ".join(f"c{lv['concurrency']} {lv['requests_per_s']} req/s p50 {lv['latency_ms_p50']} "
                            f"p99 {lv['latency_ms_p99']}" for lv in case["levels"])  # fmt: skip
-        print(
-            f"{name} ({case['variant']}): {levels}; overhead c1 {case['overhead_ms_c1']} ms; "
-            f"c32/ledger {case['c32_vs_ledger_throughput']}; ${case['usd_per_million_c32']}/M"
-        )
+        print(f"{name} ({case['variant']}): {levels}; overhead c1 {case['overhead_ms_c1']} ms; "
+              f"c32/ledger {case['c32_vs_ledger_throughput']}; ${case['usd_per_million_c32']}/M; 64 items/request "
+              f"c8: {case['items64_c8']['predictions_per_s']} predictions/s, "
+              f"${case['usd_per_million_items64']}/M")  # fmt: skip
     print(path)
 
 

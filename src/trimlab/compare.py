@@ -97,7 +97,7 @@ def row(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return out
 
 
-SERVING = ("usd_per_million", "requests_per_s", "latency_ms_p50", "latency_ms_p99")
+SERVING = ("usd_per_million", "requests_per_s", "predictions_per_s", "latency_ms_p50", "latency_ms_p99")
 
 
 def serving_columns(block: dict[str, Any] | None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def known_figures(runs: list[dict[str, Any]]) -> tuple[schema.Figure, ...]:
 
 def higher_is_better(cost: str, runs: list[dict[str, Any]]) -> bool:
     if cost.startswith("serving."):  # trimlab-loadtest's figures: only the rate is better higher
-        return cost == "serving.requests_per_s"
+        return cost in ("serving.requests_per_s", "serving.predictions_per_s")
     figure = schema.find(cost.removeprefix("deploy.best."), known_figures(runs))  # a deploy variant's figure too
     return figure is not None and figure.better == "higher"
 

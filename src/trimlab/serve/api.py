@@ -95,7 +95,7 @@ class ClassifierAPI(ls.LitAPI):
         self.class_names = list(self.datamodule.class_names)
         self.scratch = tempfile.TemporaryDirectory(prefix="trimlab-serve-")
         self.runner = model.load(run_dir, cfg, summary, self.datamodule, self.served, Path(self.scratch.name))
-        self.buckets = model.buckets(self.served, self.max_batch_size)
+        self.buckets = model.buckets(self.served, int(cfg.cost.throughput_batch_size))
         for size in self.buckets:  # every batch shape the server will run, compiled (inductor) before serving
             self.forward(model.example_batch(self.datamodule, size))
         log.info("serving %s (%s %s) from %s", self.served["variant"], self.served["runtime"],

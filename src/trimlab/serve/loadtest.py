@@ -1,10 +1,11 @@
 """trimlab-loadtest: requests/s, latency percentiles and errors of a trimlab-serve server at each concurrency, and
 what a million predictions cost there: `usd_per_million = price_per_hour / 3600 / requests_per_s × 1e6`.
 
-A closed loop (aiohttp): `concurrency` clients each send one single-item request, wait for its answer and send
-the next, for `--duration` seconds or until `--requests` answers in all. Only loopback servers are loaded. The
-inputs are synthetic items of the served run's modality (`/info` says which), so no dataset is needed.
-Results go to `<run_dir>/serve_bench.json` and the run's summary gets a `cost.serving` block, which
+A closed loop (aiohttp): `concurrency` clients each send one request (of `--items` inputs, default 1), wait for
+its answer and send the next, for `--duration` seconds or until `--requests` requests in all. A prediction is
+one input, so with `--items N` the price is per `requests_per_s × N` predictions per second. Only loopback
+servers are loaded. The inputs are synthetic items of the served run's modality (`/info` says which), so no
+dataset is needed. Results go to `<run_dir>/serve_bench.json` and the run's summary gets a `cost.serving` block, which
 `trimlab-compare` shows and ranks runs by (`serving.usd_per_million`).
 """
 
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level (default 15)")
-    parser.add_argument("--requests", type=int, default=None, help="stop a level after this many answers")
+    parser.add_argument("--requests", type=int, default=None, help="stop a level after this many requests")
+    parser.add_argument("--items", type=int, default=1, help="inputs per request (default 1: a prediction each)")
     parser.add_argument("--run-dir", default=None, help="where serve_bench.json goes (default: the served run's)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds one request may take (default 30)")
     return parser.parse_args(argv)
@@ -102,10 +104,10 @@ async def level(session: Any, url: str, bodies: list[dict], clients: int, durati
     start = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - start
-    return figures(clients, latencies, errors, elapsed)
+    return figures(clients, latencies, errors, elapsed, len(bodies[0]["inputs"]))
 
 
-def figures(clients: int, latencies: list[float], errors: dict[str, int], elapsed: float) -> dict[str, Any]:
+def figures(clients: int, latencies: list[float], errors: dict[str, int], elapsed: float, items: int) -> dict:
     ordered = sorted(latencies)
 
     def percentile(q: float) -> float | None:
@@ -114,12 +116,14 @@ def figures(clients: int, latencies: list[float], errors: dict[str, int], elapse
     return {
         "concurrency": clients, "requests": len(ordered), "errors": sum(errors.values()), "error_kinds": errors,
         "duration_s": round(elapsed, 3), "requests_per_s": round(len(ordered) / elapsed, 2) if elapsed else 0.0,
+        "items_per_request": items,
+        "predictions_per_s": round(len(ordered) * items / elapsed, 2) if elapsed else 0.0,
         "latency_ms_p50": round(1000 * statistics.median(ordered), 3) if ordered else None,
         "latency_ms_p95": percentile(0.95), "latency_ms_p99": percentile(0.99),
     }  # fmt: skip
 
 
-async def load(url: str, clients: list[int], duration: float, cap: int | None, timeout: float) -> dict[str, Any]:
+async def load(url: str, clients: list[int], duration: float, cap: int | None, timeout: float, items: int) -> dict:
     import aiohttp
 
     limits = aiohttp.TCPConnector(limit=max(clients))
@@ -129,25 +133,26 @@ async def load(url: str, clients: list[int], duration: float, cap: int | None, t
                 info = await response.json()
         except (aiohttp.ClientError, OSError, ValueError) as err:
             raise TrimlabError(f"no trimlab-serve server answers at {url}/info ({err}); start trimlab-serve") from err
-        bodies = [{"inputs": [example_item(info, seed)]} for seed in range(16)]
+        bodies = [{"inputs": [example_item(info, seed * items + i) for i in range(items)]} for seed in range(16)]
         await level(session, url, bodies, min(clients), 30.0, WARMUP_REQUESTS)  # connections, caches, first graphs
         results = [await level(session, url, bodies, c, duration, cap) for c in clients]
     return {"info": info, "levels": results}
 
 
 def serving_block(info: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """`cost.serving`: the served variant, each level, and the headline figures: requests/s and cost per million
-    at the busiest level, latency at the least busy one."""
+    """`cost.serving`: the served variant, each level, and the headline figures: predictions/s and cost per
+    million at the busiest level, latency at the least busy one."""
     price = float(info.get("price_per_hour") or 0.0)
     for result in results:
-        rate = result["requests_per_s"]
+        rate = result["predictions_per_s"]
         result["usd_per_million"] = round(price / 3600 / rate * 1e6, 6) if rate else None
-    busiest = max(results, key=lambda r: r["requests_per_s"])
+    busiest = max(results, key=lambda r: r["predictions_per_s"])
     calmest = min(results, key=lambda r: r["concurrency"])
     return {
         "variant": info.get("variant"), "runtime": info.get("runtime"), "version": info.get("version"),
         "batching": info.get("batching"), "cpu": info.get("cpu"), "cpu_capability": info.get("cpu_capability"),
         "price_per_hour": price, "requests_per_s": busiest["requests_per_s"],
+        "items_per_request": busiest["items_per_request"], "predictions_per_s": busiest["predictions_per_s"],
         "usd_per_million": busiest["usd_per_million"], "at_concurrency": busiest["concurrency"],
         "latency_ms_p50": calmest["latency_ms_p50"], "latency_ms_p99": calmest["latency_ms_p99"],
         "ledger": info.get("ledger"), "levels": results,
@@ -175,13 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with user_errors():
         url, clients = check_url(args.url), levels(args.concurrency)
-        if args.duration <= 0 or (args.requests is not None and args.requests < 1):
-            raise ConfigError("--duration must be > 0 and --requests >= 1")
-        outcome = asyncio.run(load(url, clients, args.duration, args.requests, args.timeout))
+        if args.duration <= 0 or args.items < 1 or (args.requests is not None and args.requests < 1):
+            raise ConfigError("--duration must be > 0, --items >= 1 and --requests >= 1")
+        outcome = asyncio.run(load(url, clients, args.duration, args.requests, args.timeout, args.items))
         block = serving_block(outcome["info"], outcome["levels"])
         path = record(Path(args.run_dir or outcome["info"]["run_dir"]), block)
     for result in block["levels"]:
-        print(f"concurrency {result['concurrency']:>4}: {result['requests_per_s']:>9.1f} req/s  p50 "
+        print(f"concurrency {result['concurrency']:>4}: {result['requests_per_s']:>9.1f} req/s "
+              f"({result['predictions_per_s']:.1f} predictions/s)  p50 "
               f"{result['latency_ms_p50']} ms  p95 {result['latency_ms_p95']} ms  p99 {result['latency_ms_p99']} ms  "
               f"errors {result['errors']}  ${result['usd_per_million']}/M")  # fmt: skip
     print(path.absolute(), flush=True)

@@ -120,7 +120,7 @@ def collate(datamodule: Any, items: list[torch.Tensor]) -> Any:
     return torch.stack(items)
 
 
-def buckets(served: dict[str, Any], max_batch_size: int, chunk: int = 64) -> list[int]:
+def buckets(served: dict[str, Any], chunk: int) -> list[int]:
     """Batch sizes a compiled model is warmed up for and padded to: powers of two up to the throughput batch
     (inductor compiles a graph per shape; a larger batch runs in chunks of that size). Other runtimes take any
     batch: one warm-up forward, no padding."""
