@@ -54,7 +54,6 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     from hydra.utils import instantiate
 
     from trimlab.factory import load_run
-    from trimlab.report import cpu_capability, cpu_model
     from trimlab.serve import model, requests
     from trimlab.serve.api import ClassifierAPI
 
@@ -77,7 +76,25 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=int(cfg.workers), timeout=float(cfg.timeout_s),
                           max_payload_size=max_body, info_path="/litserve/info",
                           fast_queue=bool(cfg.fast_queue))  # fmt: skip
-    info = {
+    info = describe(cfg, run_dir, run_cfg, summary, datamodule, served, threads, max_body)
+
+    server.app.add_exception_handler(RequestValidationError, invalid_request)
+
+    @server.app.get("/info")
+    def served_info() -> dict[str, Any]:
+        batches, answered, items, most = list(counters)
+        return {**info, "served": {"batches": batches, "requests": answered, "items": items,
+                                   "max_batch_requests": most}}  # fmt: skip
+
+    return server, info
+
+
+def describe(cfg: DictConfig, run_dir: Path, run_cfg: Any, summary: dict, datamodule: Any, served: dict,
+             threads: int, max_body: int) -> dict[str, Any]:  # fmt: skip
+    """What `/info` says of the served run, read once at start."""
+    from trimlab.report import cpu_capability, cpu_model
+
+    return {
         "run_id": summary.get("run_id"), "run_dir": str(run_dir), "task_name": summary.get("task_name"),
         "model": str(run_cfg.model.get("_target_", "")).rsplit(".", 1)[-1], **served,
         "class_names": list(datamodule.class_names),
@@ -89,16 +106,6 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
         "price_per_hour": (summary.get("cost") or {}).get("price_per_hour"),
         "cpu": cpu_model(), "cpu_capability": cpu_capability(),
     }  # fmt: skip
-
-    server.app.add_exception_handler(RequestValidationError, invalid_request)
-
-    @server.app.get("/info")
-    def served_info() -> dict[str, Any]:
-        batches, answered, items, most = list(counters)
-        return {**info, "served": {"batches": batches, "requests": answered, "items": items,
-                                   "max_batch_requests": most}}  # fmt: skip
-
-    return server, info
 
 
 async def invalid_request(request: Any, exc: Any) -> Any:
