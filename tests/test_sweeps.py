@@ -168,3 +168,16 @@ def test_sweep_rows_redact_secret_overrides_and_follow_rewritten_summaries(tmp_p
     assert job_row(job)["overrides"] == "seed=1 +logger.x.api_key=***"
     write_json(job / "summary.json", {"status": "completed", "metrics": {"test/acc": 0.5}})
     assert job_row(job)["status"] == "completed" and job_row(job)["test/acc"] == 0.5  # not the cached row
+
+
+def test_a_relative_sweep_dir_lists_each_job_once(tmp_path, monkeypatch):
+    from trimlab.report import write_json
+    from trimlab.sweep import write_summary
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("0_a", "1_b"):
+        write_json(tmp_path / "sweep" / name / "summary.json", {"status": "completed"})
+    started = [tmp_path / "sweep" / "0_a", tmp_path / "sweep" / "1_b"]  # as Hydra gives them: absolute
+    rows = write_summary(Path("sweep"), started)
+    assert [r["job"] for r in rows] == ["0_a", "1_b"]
+    assert json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())["jobs"] == 2

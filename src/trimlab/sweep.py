@@ -131,7 +131,9 @@ def write_summary(sweep_dir: Path, elsewhere: Iterable[Path] = ()) -> list[dict[
     preset does under `-m 'experiment=glob(*)'`); the sweep's summary then still lists every job."""
     from trimlab.report import write_json, write_text
 
-    jobs = {p for p in sweep_dir.iterdir() if p.is_dir()} | {Path(p) for p in elsewhere if Path(p).is_dir()}
+    # Absolute both ways: Hydra gives a job's output dir absolute, while the sweep dir may be relative (its default).
+    jobs = {p.absolute() for p in sweep_dir.iterdir() if p.is_dir()}
+    jobs |= {Path(p).absolute() for p in elsewhere if Path(p).is_dir()}
     rows = [row for job in sorted(jobs) if (row := job_row(job))]
     rows.sort(key=lambda r: (int(r["job"].split("_")[0]) if r["job"].split("_")[0].isdigit() else 1 << 30, r["job"]))
     failed = sum(r["status"] == "failed" for r in rows)
