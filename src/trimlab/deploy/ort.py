@@ -7,6 +7,7 @@ batch) for Linear-heavy models such as the text encoder, whose activation ranges
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def quantize_dynamic_int8(source: Path, path: Path) -> None:
 
 
 class Session:
-    """An ONNX Runtime session with as many intra-op threads as torch uses: the timing protocol's threads."""
+    """An ONNX Runtime session with as many intra-op threads as torch uses: the timing protocol's threads. They
+    spin between runs (fastest alone on the cores) unless OMP_WAIT_POLICY=PASSIVE, which the server sets."""
 
     def __init__(self, path: Path) -> None:
         import onnxruntime
@@ -115,6 +117,8 @@ class Session:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # idle threads sleep, as OpenMP's then do
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, input: torch.Tensor | None = None, **named: torch.Tensor) -> torch.Tensor:  # noqa: A002

@@ -60,6 +60,33 @@ class WindowLoop(BatchedLoop):
         return payloads, timed_out
 
 
+class PipeQueueServer(ls.LitServer):
+    """LitServer whose request queues are pipes (`multiprocessing.Queue`) instead of its manager's queue proxies:
+    a proxy's `put` is a round trip to the manager process, made inside the HTTP event loop, and its `get` another
+    one in the worker, which on a 2-core machine costs more than a small model's forward pass. The HTTP servers
+    (forked) and the inference workers (spawned, the queue passed in) share the pipe directly."""
+
+    def _init_manager(self, num_api_servers: int) -> Any:
+        import multiprocessing
+
+        manager = super()._init_manager(num_api_servers)
+        spawn = multiprocessing.get_context("spawn")
+        self.litapi_request_queues = {path: spawn.Queue() for path in self.litapi_request_queues}
+        return manager
+
+    def setup_auth(self, lit_api: ls.LitAPI | None = None) -> Any:
+        """LitServe's own choice (an API key, the API's `authorize`), but its no-auth dependency as a coroutine:
+        FastAPI awaits that in the event loop, where a plain function goes through its thread pool per request."""
+        from litserve.server import no_auth
+
+        auth = super().setup_auth(lit_api)
+        return open_access if auth is no_auth else auth
+
+
+async def open_access() -> None:
+    return None
+
+
 @dataclass
 class Batch:
     inputs: Any

@@ -55,7 +55,7 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
 
     from trimlab.factory import load_run
     from trimlab.serve import model, requests
-    from trimlab.serve.api import ClassifierAPI
+    from trimlab.serve.api import ClassifierAPI, PipeQueueServer
 
     run_dir = Path(cfg.run_dir).absolute()
     run_cfg, summary = load_run(run_dir)
@@ -73,7 +73,8 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     api = ClassifierAPI(str(run_dir), served, threads, counters, max_batch_size=int(cfg.max_batch_size),
                         batch_timeout=float(cfg.batch_timeout_ms) / 1000)  # fmt: skip
     max_body = int(float(cfg.max_body_mb) * 2**20)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=int(cfg.workers), timeout=float(cfg.timeout_s),
+    server_class = PipeQueueServer if cfg.fast_queue else ls.LitServer
+    server = server_class(api, accelerator="cpu", workers_per_device=int(cfg.workers), timeout=float(cfg.timeout_s),
                           max_payload_size=max_body, info_path="/litserve/info",
                           fast_queue=bool(cfg.fast_queue))  # fmt: skip
     info = describe(cfg, run_dir, run_cfg, summary, datamodule, served, threads, max_body)
@@ -148,6 +149,8 @@ def drain_on_sigterm(server: Any) -> None:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve")
 def run(cfg: DictConfig) -> None:
+    # The workers share the cores with the HTTP servers: their threads sleep between batches instead of spinning.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with user_errors():
         check(cfg)
         server, info = build(cfg)
