@@ -126,7 +126,7 @@ def test_predictions_equal_trimlab_predict_for_lists_and_png(served):
 
 
 BAD = [
-    (b'{"inputs": [[0.1, 0.2', "json_invalid"),
+    (b'{"inputs": [[0.1, 0.2', "JSON decode error: "),  # and where the parser stopped
     ({"inputs": []}, "at least 1 item"),
     ({"inputs": ["not an image"]}, "inputs[0]"),
     ({"inputs": [[[0.5] * 3] * 3]}, "shaped (3, 3)"),

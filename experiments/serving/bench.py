@@ -8,7 +8,7 @@ Each served model gets two servers, one after the other: a latency one (batch_ti
 waits for others), loaded at concurrency 1, whose p50 minus the ledger's batch-1 latency is the server's
 overhead; and the default one (max_batch_size=32, batch_timeout_ms=5), loaded with 64 inputs per request at
 concurrency 8 (where the model's speed shows), then with one input per request at concurrency 1, 8 and 32 (the
-figures its `cost.serving` keeps). Last, `ceiling.py`: the HTTP stack alone, with no model. Ratios are taken
+figures its `cost.serving` keeps). Ratios are taken
 within this one run; the CPU model and torch's CPU capability are recorded with them.
 """
 
@@ -25,7 +25,6 @@ import urllib.request
 from pathlib import Path
 
 from ceiling import free_port
-from ceiling import measure as measure_ceiling
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -121,7 +120,6 @@ def main() -> None:
         run([str(BIN / "trimlab-train"), *overrides, "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"])
         for label, target in served:
             results["cases"][f"{name} {label}"] = measure(run_dir, target, args.duration)
-    results["ceiling"] = measure_ceiling("1,8,32", args.duration)["levels"]  # the HTTP stack with no model
     cases = results["cases"]
     for base, small in (("digits fp32 inductor", "digits deployed"),
                         ("mnist_cnn fp32 inductor", "mnist_prune_quantize deployed"),
@@ -139,9 +137,6 @@ def main() -> None:
               f"c32/ledger {case['c32_vs_ledger_throughput']}; ${case['usd_per_million_c32']}/M; 64 items/request "
               f"c8: {case['items64_c8']['predictions_per_s']} predictions/s, "
               f"${case['usd_per_million_items64']}/M")  # fmt: skip
-    for level in results["ceiling"]:
-        print(f"no model (FastAPI + uvicorn): c{level['concurrency']} {level['requests_per_s']} req/s "
-              f"p50 {level['latency_ms_p50']} p99 {level['latency_ms_p99']}")  # fmt: skip
     print(path)
 
 

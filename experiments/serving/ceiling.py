@@ -5,10 +5,9 @@ trimlab-serve, runs no model and answers a constant, loaded by trimlab-loadtest 
     python experiments/serving/ceiling.py --duration 15
 
 No server can answer faster on this machine than this one does with nothing to compute: its requests/s at
-concurrency 32 bounds what dynamic batching can reach, whatever the model. bench.py runs it beside the models.
+concurrency 32 bounds what dynamic batching can reach, whatever the model. Results: `ceiling.json` beside this
+file, with the CPU. (No `from __future__ import annotations`: FastAPI reads the body's annotation as a class.)
 """
-
-from __future__ import annotations
 
 import argparse
 import json
@@ -90,9 +89,12 @@ def main() -> None:
 
         uvicorn.run(app(), host="127.0.0.1", port=args.serve, log_level="warning")
         return
-    result = measure(args.concurrency, args.duration)
-    print(json.dumps([{k: lv[k] for k in ("concurrency", "requests_per_s", "latency_ms_p50", "latency_ms_p99")}
-                      for lv in result["levels"]], indent=1))  # fmt: skip
+    from trimlab.report import cpu_capability, cpu_model
+
+    levels = measure(args.concurrency, args.duration)["levels"]
+    results = {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "duration_s": args.duration, "levels": levels}
+    (HERE / "ceiling.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

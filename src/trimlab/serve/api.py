@@ -8,16 +8,20 @@ No `from __future__ import annotations` here: LitServe reads `decode_request`'s 
 FastAPI validate the body with it.
 """
 
+import json
 import logging
 import tempfile
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import litserve as ls
 import numpy as np
+import pydantic_core
 import torch
-from fastapi import HTTPException
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError  # pinned litserve: its loop's own markers
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
@@ -64,7 +68,8 @@ class PipeQueueServer(ls.LitServer):
     """LitServer whose request queues are pipes (`multiprocessing.Queue`) instead of its manager's queue proxies:
     a proxy's `put` is a round trip to the manager process, made inside the HTTP event loop, and its `get` another
     one in the worker, which on a 2-core machine costs more than a small model's forward pass. The HTTP servers
-    (forked) and the inference workers (spawned, the queue passed in) share the pipe directly."""
+    (forked) and the inference workers (spawned, the queue passed in) share the pipe directly. Bodies are parsed
+    by `FastJSONRequest`."""
 
     def _init_manager(self, num_api_servers: int) -> Any:
         import multiprocessing
@@ -73,6 +78,10 @@ class PipeQueueServer(ls.LitServer):
         spawn = multiprocessing.get_context("spawn")
         self.litapi_request_queues = {path: spawn.Queue() for path in self.litapi_request_queues}
         return manager
+
+    def register_endpoints(self) -> None:
+        self.app.router.route_class = FastJSONRoute
+        super().register_endpoints()
 
     def setup_auth(self, lit_api: ls.LitAPI | None = None) -> Any:
         """LitServe's own choice (an API key, the API's `authorize`), but its no-auth dependency as a coroutine:
@@ -85,6 +94,31 @@ class PipeQueueServer(ls.LitServer):
 
 async def open_access() -> None:
     return None
+
+
+class FastJSONRequest(Request):
+    """A body parsed by pydantic-core's JSON parser: about 5x the standard library's on arrays of pixels (the
+    HTTP process's largest cost per image item). NaN and Infinity parse, as they do there, so the item's own
+    check names them; a body that is no JSON is FastAPI's usual 422."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = pydantic_core.from_json(body)
+            except ValueError as err:
+                raise json.JSONDecodeError(str(err), body.decode(errors="replace"), 0) from None
+        return self._json
+
+
+class FastJSONRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(FastJSONRequest(request.scope, request.receive))
+
+        return route
 
 
 @dataclass

@@ -114,7 +114,11 @@ async def invalid_request(request: Any, exc: Any) -> Any:
     or hold a NaN, which JSON cannot carry)."""
     from fastapi.responses import JSONResponse
 
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    def message(error: dict) -> str:  # a JSON error says where: FastAPI keeps that in ctx
+        reason = (error.get("ctx") or {}).get("error") if error.get("type") == "json_invalid" else None
+        return f"{error.get('msg', '')}: {reason}" if reason else error.get("msg", "")
+
+    errors = [{"loc": list(e.get("loc", ())), "msg": message(e), "type": e.get("type", "")} for e in exc.errors()]
     if "json" not in request.headers.get("content-type", ""):
         errors.insert(0, {"loc": ["header", "content-type"], "type": "content_type",
                           "msg": "send the body as JSON, with the header Content-Type: application/json"})  # fmt: skip
