@@ -265,3 +265,18 @@ def test_a_base64_wav_item_is_read_as_its_file_is(tmp_path):
         with pytest.raises(ValueError) as raised:
             datamodule.serve_item(bad)
         assert fragment in str(raised.value), str(raised.value)
+
+
+def test_a_runtime_s_fp32_target_serves_fp32_where_the_run_deployed_int8_there(tmp_path):
+    from trimlab.serve import model
+
+    (tmp_path / "deployed").mkdir()
+    manifest = {"target": "onnxruntime", "variant": "int8", "runtime": "onnxruntime", "version": "1",
+                "files": ["model.onnx"]}  # fmt: skip
+    (tmp_path / "deployed" / "manifest.json").write_text(json.dumps(manifest))
+    ledger = {"onnxruntime": {"int8": {"latency_ms_p50": 0.1}, "fp32": {"latency_ms_p50": 0.3}}}
+    summary = {"cost": {"deploy": ledger}, "metrics": {"test/acc": 0.9}}
+    assert model.plan(tmp_path, summary, "onnxruntime")["variant"] == "onnxruntime/int8"
+    fp32 = model.plan(tmp_path, summary, "onnxruntime/fp32")
+    assert fp32["variant"] == "onnxruntime/fp32" and fp32["source"] == "built"
+    assert fp32["target"] == "onnxruntime" and fp32["ledger"]["latency_ms_p50"] == 0.3

@@ -39,7 +39,7 @@ CASES = {
     "mnist_prune_quantize": (["experiment=mnist_prune_quantize", TARGETS, "deploy.tolerance_pt=1.0", *QUICK],
                              [("deployed", "deployed")]),
     "sst2_transformer": (["experiment=sst2_transformer", TARGETS, "deploy.objective=throughput", *QUICK],
-                         [("fp32 onnxruntime", "onnxruntime"), ("deployed", "deployed")]),
+                         [("fp32 onnxruntime", "onnxruntime/fp32"), ("deployed", "deployed")]),
 }  # fmt: skip
 
 

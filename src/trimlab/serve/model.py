@@ -13,7 +13,8 @@ import torch
 from trimlab.deploy import deployed
 from trimlab.errors import ConfigError
 
-TARGETS = ("deployed", "inductor", "onnxruntime", "openvino")
+# `<runtime>/fp32`: the fp32 form in that runtime even where the run deployed another variant there (a baseline).
+TARGETS = ("deployed", "inductor", "onnxruntime", "openvino", "onnxruntime/fp32", "openvino/fp32")
 
 
 def plan(run_dir: Path, summary: dict[str, Any], target: str) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def plan(run_dir: Path, summary: dict[str, Any], target: str) -> dict[str, Any]:
         measured = figures(summary.get("cost") or {}, summary.get("metrics"))
         return {"target": "torch", "variant": "torch/eager", "runtime": "torch", "version": version("torch"),
                 "source": "checkpoint", "ledger": measured}  # fmt: skip
-    return built_plan(target, summary, ledger)
+    return built_plan(target.removesuffix("/fp32"), summary, ledger)
 
 
 def built_plan(target: str, summary: dict[str, Any], ledger: dict[str, Any]) -> dict[str, Any]:
