@@ -58,13 +58,14 @@ def serve_and_load(run_dir: Path, target: str, loads: list[tuple[str, int]], dur
     port = free_port()
     args = [str(BIN / "trimlab-serve"), f"run_dir={run_dir}", f"port={port}", f"target={target}", *knobs]
     print("$", " ".join(args[1:]), flush=True)
-    log = open(run_dir / f"serve-{target}.log", "w")  # noqa: SIM115 - closed below
+    log_path = run_dir / f"serve-{target.replace('/', '-')}.log"  # onnxruntime/fp32 names a file, not a folder
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                raise SystemExit(f"trimlab-serve exited: {(run_dir / f'serve-{target}.log').read_text()[-3000:]}")
+                raise SystemExit(f"trimlab-serve exited: {log_path.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
