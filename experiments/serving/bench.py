@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-
-from ceiling import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -52,6 +51,25 @@ def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(server: subprocess.Popen, port: int, log_path: Path | None = None, limit_s: float = 300) -> None:
+    """Until the server at `port` answers /health; its log's tail if it exits first or takes `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    tail = log_path.read_text()[-3000:] if log_path else ""
+    raise SystemExit(f"the server on port {port} never answered /health (exit code {server.poll()}): {tail}")
+
+
 def serve_and_load(run_dir: Path, target: str, loads: list[tuple[str, int]], duration: float, *knobs: str) -> list:
     """Start a server, wait for /health, load it with each (concurrency levels, items per request), stop it with
     SIGTERM; each load test's JSON."""
@@ -62,15 +80,7 @@ def serve_and_load(run_dir: Path, target: str, loads: list[tuple[str, int]], dur
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise SystemExit(f"trimlab-serve exited: {log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
+        wait_healthy(server, port, log_path)
         results = []
         for levels, items in loads:
             run([str(BIN / "trimlab-loadtest"), f"http://127.0.0.1:{port}", "--concurrency", levels,

@@ -11,17 +11,14 @@ file, with the CPU. (No `from __future__ import annotations`: FastAPI reads the 
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
+from bench import BIN, HERE, free_port, wait_healthy
+
 INFO = {"variant": "no model", "runtime": "none", "version": None, "input": {"modality": "vision"},
         "input_shape": [1, 8, 8], "price_per_hour": 1.0}  # fmt: skip
 
@@ -51,28 +48,20 @@ def app() -> Any:
     return server
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def measure(concurrency: str, duration: float) -> dict[str, Any]:
     """Start the no-model server, load it, stop it; the load test's JSON."""
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_healthy(server, port, limit_s=60)
         with tempfile.TemporaryDirectory() as run_dir:
             (Path(run_dir) / "summary.json").write_text("{}")
             subprocess.run([str(BIN / "trimlab-loadtest"), f"http://127.0.0.1:{port}", "--concurrency", concurrency,
                             "--duration", str(duration), "--run-dir", run_dir], check=True)  # fmt: skip
-            return json.loads((Path(run_dir) / "serve_bench.json").read_text())
+            result = json.loads((Path(run_dir) / "serve_bench.json").read_text())
+        if any(level["errors"] for level in result["levels"]):  # a ceiling of failed requests is no ceiling
+            raise SystemExit(f"the no-model server answered errors: {[lv['error_kinds'] for lv in result['levels']]}")
+        return result
     finally:
         server.terminate()
         server.wait(30)
