@@ -183,6 +183,75 @@ def test_concurrent_requests_arrive_in_one_batch_and_info_counts_them(served):
     assert "/predict" in schema["paths"] and "PredictRequest" in json.dumps(schema)
 
 
+class CountingAPI:
+    """Stands in for ClassifierAPI in the batcher: answers each request with its items and the batch it met."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.batches, self.fail_on = [], fail_on
+
+    def predict(self, batch):
+        self.batches.append(list(batch.inputs))
+        if self.fail_on in batch.inputs:
+            raise RuntimeError("the runtime lost its session")
+        return [{"count": count, "batch_requests": len(batch.counts)} for count in batch.counts]
+
+    def encode_response(self, output):
+        return output
+
+
+def batcher_answers(api, groups, max_batch_size=8, batch_timeout_s=0.2, timeout_s=5.0, also_open=0):
+    """Each group of requests sent at once (all open on the server together, with `also_open` others still being
+    read), the groups one after another."""
+    import asyncio
+
+    from trimlab.serve.inprocess import Batcher
+
+    async def main():
+        batcher = Batcher(api, max_batch_size, batch_timeout_s, timeout_s)
+        await batcher.start()
+        outcomes = []
+        for group in groups:
+            batcher.open_requests = len(group) + also_open
+            started = time.monotonic()
+            answers = await asyncio.gather(*(batcher.predict(items) for items in group), return_exceptions=True)
+            outcomes.append((answers, time.monotonic() - started))
+        await batcher.stop()
+        return outcomes
+
+    return asyncio.run(main())
+
+
+def test_the_batcher_runs_a_lone_request_at_once_and_gathers_open_ones_up_to_max_batch_size():
+    api = CountingAPI()
+    (lone, lone_s), (many, _) = batcher_answers(api, [[["a"]], [[str(i)] for i in range(11)]], max_batch_size=8)
+    assert lone == [{"count": 1, "batch_requests": 1}] and lone_s < 0.1  # the 0.2 s window was not waited for
+    assert [answer["batch_requests"] for answer in many] == [8] * 8 + [3] * 3
+    assert [len(batch) for batch in api.batches] == [1, 8, 3]
+
+
+def test_a_batch_that_raises_fails_only_its_own_requests_and_the_batcher_goes_on():
+    from fastapi import HTTPException
+
+    api = CountingAPI(fail_on="bad")
+    (first, _), (second, _) = batcher_answers(api, [[["x"], ["bad"]], [["y"]]])
+    assert all(isinstance(e, HTTPException) and e.status_code == 500 for e in first)
+    assert "RuntimeError: the runtime lost its session" in first[0].detail
+    assert second == [{"count": 1, "batch_requests": 1}]
+
+
+def test_a_request_that_waits_past_timeout_s_gets_504():
+    from fastapi import HTTPException
+
+    class Slow(CountingAPI):
+        def predict(self, batch):
+            time.sleep(0.5)
+            return super().predict(batch)
+
+    ((answers, _),) = batcher_answers(Slow(), [[["a"]]], batch_timeout_s=0.0, timeout_s=0.1, also_open=1)
+    assert isinstance(answers[0], HTTPException) and answers[0].status_code == 504
+    assert "timeout_s=0.1" in answers[0].detail
+
+
 def test_a_batch_that_raises_fails_its_requests_with_500_and_a_reason():
     from fastapi import HTTPException
 
@@ -230,8 +299,31 @@ def test_command_line_errors_are_one_line(served):
     assert_clear_error(run_cli(cwd=cwd, script="trimlab-serve"), "run_dir is required")
     assert_clear_error(run_cli(f"run_dir={run_dir}", f"port={port}", cwd=cwd, script="trimlab-serve"),
                        "cannot listen on 127.0.0.1")  # fmt: skip
+    assert_clear_error(run_cli(f"run_dir={run_dir}", "workers=2", cwd=cwd, script="trimlab-serve"),
+                       "workers=2 needs engine=litserve")  # fmt: skip
     assert_clear_error(run_cli("http://example.com:80", cwd=cwd, script="trimlab-loadtest"),
                        "loads servers on this machine only")  # fmt: skip
+
+
+def test_engine_litserve_answers_the_same_batches_concurrent_requests_and_drains_on_sigterm(served):
+    cwd, run_dir, url = served["cwd"], served["run_dir"], served["server"].url
+    pixels = images(3, seed=7).tolist()
+    litserve = Server(run_dir, cwd, "engine=litserve", "max_batch_size=16", "batch_timeout_ms=30")
+    try:
+        assert get(litserve.url, "/info")["batching"]["engine"] == "litserve"
+        (status, answer), (_, reference) = post(litserve.url, {"inputs": pixels}), post(url, {"inputs": pixels})
+        assert status == 200 and "predictions" in reference, (answer, reference)
+        for got, expected in zip(answer["predictions"], reference["predictions"], strict=True):
+            assert got["class_index"] == expected["class_index"]
+            assert np.allclose(got["probabilities"], expected["probabilities"], atol=1e-6)
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda i: post(litserve.url, {"inputs": images(1, seed=i).tolist()}), range(12)))
+        assert all(status == 200 for status, _ in answers)
+        assert get(litserve.url, "/info")["served"]["max_batch_requests"] > 1
+        litserve.process.send_signal(signal.SIGTERM)
+        assert litserve.process.wait(60) == 0
+    finally:
+        litserve.stop()
 
 
 def test_sigterm_answers_open_requests_then_exits_0(served):

@@ -1,11 +1,12 @@
-"""trimlab-serve: a finished run's model behind HTTP, on LitServe.
+"""trimlab-serve: a finished run's model behind HTTP.
 
 `POST /predict` answers `{"inputs": [...]}` with each item's class and probabilities (the numbers
 `trimlab-predict` gives); `GET /health`; `GET /info` says what is served (run, model, runtime, class names, input
 spec, the ledger's latency and accuracy) and how many batches and requests it has answered; `/docs` is FastAPI's
-OpenAPI page. Requests are validated in the HTTP processes (`serve.requests`), batched by LitServe and run in
-an inference worker (`serve.api`). SIGTERM drains: the HTTP servers stop taking connections, answer what they
-hold, then the workers stop and the process exits 0.
+OpenAPI page. Requests are validated in the HTTP process (`serve.requests`), then batched and run by the
+engine: FastAPI + uvicorn with the model in the same process (`serve.inprocess`, the default; why it is the
+default is said there), or LitServe with the model in worker processes (`serve.api`, `engine=litserve`).
+SIGTERM drains: the server stops taking connections, answers what it holds, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -28,10 +29,16 @@ from trimlab.launch import config_dir, launch
 
 log = logging.getLogger("trimlab.serve")
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+ENGINES = ("fastapi", "litserve")
 
 
 def check(cfg: DictConfig) -> None:
     """The serving knobs, before anything loads: one line for a value that cannot work."""
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"engine={cfg.engine} is unknown; use one of {', '.join(ENGINES)}")
+    if cfg.engine == "fastapi" and int(cfg.workers) > 1:
+        raise ConfigError(f"workers={cfg.workers} needs engine=litserve: engine=fastapi runs one model, in the "
+                          "HTTP process")  # fmt: skip
     if str(cfg.host) not in HOSTS:
         raise ConfigError(f"host={cfg.host} is not one LitServe binds; use one of {', '.join(HOSTS)}")
     if not 1024 <= int(cfg.port) <= 65535:
@@ -49,13 +56,13 @@ def check(cfg: DictConfig) -> None:
 
 
 def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
-    """The LitServer for `cfg.run_dir`, and what `/info` says of it."""
-    import litserve as ls
+    """The server for `cfg.run_dir` (a FastAPI app, or a LitServer with `engine=litserve`), and what `/info`
+    says of it."""
     from hydra.utils import instantiate
 
     from trimlab.factory import load_run
     from trimlab.serve import model, requests
-    from trimlab.serve.api import ClassifierAPI, PipeQueueServer
+    from trimlab.serve.api import ClassifierAPI
 
     run_dir = Path(cfg.run_dir).absolute()
     run_cfg, summary = load_run(run_dir)
@@ -68,26 +75,48 @@ def build(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
         raise ConfigError(f"{type(datamodule).__name__} has no served input format (serve_item); serve a vision, "
                           "text or speech run, or add serve_item to your DataModule")  # fmt: skip
     requests.accept(datamodule, int(cfg.max_items))
-    threads = int(cfg.threads) if cfg.threads else max(1, (os.cpu_count() or 1) // int(cfg.workers))
+    threads = int(cfg.threads) if cfg.threads else default_threads(cfg)
     counters = multiprocessing.get_context("spawn").Array("q", 4)  # batches, requests, items, most per batch
     api = ClassifierAPI(str(run_dir), served, threads, counters, max_batch_size=int(cfg.max_batch_size),
                         batch_timeout=float(cfg.batch_timeout_ms) / 1000)  # fmt: skip
     max_body = int(float(cfg.max_body_mb) * 2**20)
-    server_class = PipeQueueServer if cfg.fast_queue else ls.LitServer
-    server = server_class(api, accelerator="cpu", workers_per_device=int(cfg.workers), timeout=float(cfg.timeout_s),
-                          max_payload_size=max_body, info_path="/litserve/info",
-                          fast_queue=bool(cfg.fast_queue))  # fmt: skip
     info = describe(cfg, run_dir, run_cfg, summary, datamodule, served, threads, max_body)
+    if cfg.engine == "fastapi":
+        from trimlab.serve import inprocess
 
-    server.app.add_exception_handler(RequestValidationError, invalid_request)
+        api.setup("cpu")  # the model, loaded (and compiled) before the port opens
+        server = app = inprocess.build_app(api, cfg, max_body)
+    else:
+        server = litserver(cfg, api, max_body)
+        app = server.app
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
-    @server.app.get("/info")
+    @app.get("/info")
     def served_info() -> dict[str, Any]:
         batches, answered, items, most = list(counters)
         return {**info, "served": {"batches": batches, "requests": answered, "items": items,
                                    "max_batch_requests": most}}  # fmt: skip
 
     return server, info
+
+
+def default_threads(cfg: DictConfig) -> int:
+    """engine=fastapi: every core but one, which the event loop keeps (on 2 cores a second torch thread slowed
+    requests down at every concurrency); engine=litserve: the cores divided among its worker processes."""
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1) if cfg.engine == "fastapi" else max(1, cores // int(cfg.workers))
+
+
+def litserver(cfg: DictConfig, api: Any, max_body: int) -> Any:
+    """`engine=litserve`: the model in `workers` LitServe worker processes."""
+    import litserve as ls
+
+    from trimlab.serve.api import PipeQueueServer
+
+    server_class = PipeQueueServer if cfg.fast_queue else ls.LitServer
+    return server_class(api, accelerator="cpu", workers_per_device=int(cfg.workers), timeout=float(cfg.timeout_s),
+                        max_payload_size=max_body, info_path="/litserve/info",
+                        fast_queue=bool(cfg.fast_queue))  # fmt: skip
 
 
 def describe(cfg: DictConfig, run_dir: Path, run_cfg: Any, summary: dict, datamodule: Any, served: dict,
@@ -101,7 +130,8 @@ def describe(cfg: DictConfig, run_dir: Path, run_cfg: Any, summary: dict, datamo
         "class_names": list(datamodule.class_names),
         "input": {"modality": datamodule.modality, "item": datamodule.serve_spec, "max_items": int(cfg.max_items),
                   "max_body_bytes": max_body},
-        "batching": {"max_batch_size": int(cfg.max_batch_size), "batch_timeout_ms": float(cfg.batch_timeout_ms),
+        "batching": {"engine": str(cfg.engine), "max_batch_size": int(cfg.max_batch_size),
+                     "batch_timeout_ms": float(cfg.batch_timeout_ms),
                      "workers": int(cfg.workers), "threads_per_worker": threads},
         "input_shape": list(datamodule.input_shape), "sample_rate": getattr(datamodule, "sample_rate", None),
         "price_per_hour": (summary.get("cost") or {}).get("price_per_hour"),
@@ -158,10 +188,15 @@ def run(cfg: DictConfig) -> None:
     with user_errors():
         check(cfg)
         server, info = build(cfg)
-    drain_on_sigterm(server)
     url = f"http://{cfg.host}:{cfg.port}"
     print(f"trimlab-serve: {info['variant']} ({info['runtime']} {info['version']}) of {info['run_dir']} "
           f"at {url}/predict (docs: {url}/docs)", flush=True)  # fmt: skip
+    if cfg.engine == "fastapi":
+        from trimlab.serve import inprocess
+
+        inprocess.run(server, cfg)
+        return
+    drain_on_sigterm(server)
     server.run(host=str(cfg.host), port=int(cfg.port), generate_client_file=False, log_level=str(cfg.log_level))
 
 
