@@ -102,8 +102,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def disk_full(err: BaseException) -> bool:
-    """Whether an error (or one it was raised from) is ENOSPC: torch.save wraps it in a RuntimeError."""
-    while err is not None:
+    """Whether an error (or one it was raised from) is ENOSPC: torch.save wraps it in a RuntimeError. The chain
+    is walked once per error: an error re-raised from its own wrapper (`factory.make`) links back to it."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             return True
         if "No space left on device" in str(err):
