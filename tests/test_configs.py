@@ -44,7 +44,8 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(group, option, tmp_path):
     required = {"image_folder": ["data.folder=somewhere"], "wav_folder": ["data.folder=somewhere"],
-                "speech_commands_transfer": ["model.pretrained=somewhere"]}  # fmt: skip
+                "speech_commands_transfer": ["model.pretrained=somewhere"],
+                "stop_at_target": ["cost.target=val/acc:0.9"]}  # fmt: skip
     extra = required.get(option, []) + (["data.file=some.csv"] if option == "text_csv" else [])
     if option in ("distill", "sst2_distill"):  # a teacher: any finished run dir
         (tmp_path / "teacher").mkdir()

@@ -129,6 +129,7 @@ def commands() -> dict[str, list[str]]:
         "logger": sweep("logger"),
         "deploy": sweep("deploy"),  # each runtime beside inductor: exported, scored, one deployed
         "compression": sweep("compression", drop=("distill",)),
+        "speedup": [*sweep("speedup"), "cost.target=val/acc:0.1"],  # stop_at_target reads its target there
         "strategy": sweep("strategy", "trainer.devices=1", drop=("fsdp",)),  # one process each: cheap
         "fsdp": ["strategy=fsdp", "trainer.devices=1"],
         "experiment": sweep("experiment", "compression=none", drop=("sst2_distill", "speech_commands_transfer")),

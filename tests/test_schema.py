@@ -20,8 +20,9 @@ METRICS = ["confusion_matrix", "per_class", "sklearn", "test/acc", "test/auroc_m
 COST = ["first_step_s", "first_step_unix", "flops_per_sample", "latency_batch_size", "latency_ms_p50",
         "latency_ms_p50_eager", "latency_ms_p95", "latency_repeats", "nonzero_params", "params", "peak_mem_mb",
         "peak_mem_mb_total", "price_per_hour", "price_usd", "processes", "size_bytes", "step_time_ms_median",
-        "threads", "throughput_batch_size", "throughput_samples_per_s", "throughput_samples_per_s_eager",
-        "time_to_target_s", "train_samples", "train_samples_per_s", "train_time_s", "trainable_params"]  # fmt: skip
+        "target", "threads", "throughput_batch_size", "throughput_samples_per_s", "throughput_samples_per_s_eager",
+        "time_to_target_s", "train_samples", "train_samples_per_s", "train_time_s", "trainable_params",
+        "val_curve"]  # fmt: skip
 ENV = [
     "accelerator",
     "cpu",
@@ -115,7 +116,7 @@ def test_the_lists_derived_from_the_schema_are_those_kept_by_hand_before():
     assert compare.columns([everything], console=True)[3:-1] == ["test/acc", "test/f1_macro", "test/auroc_macro",
         "params", "size_bytes", "latency_ms_p50", "throughput_samples_per_s", "train_time_s", "time_to_target_s",
         "price_usd"]  # fmt: skip
-    fit_prefixes = ("train", "time_to", "first_step", "step_", "peak_mem", "processes", "price")
+    fit_prefixes = ("train", "time_to", "first_step", "step_", "peak_mem", "processes", "price", "target", "val_curve")
     training = schema.names(where="cost", phase="training")
     # trainable_params matched the prefix by accident: a compressed run's trained cost never holds serving figures
     assert {k for k in COST if k.startswith(fit_prefixes)} - {"trainable_params"} == {k for k in COST if k in training}
@@ -123,6 +124,7 @@ def test_the_lists_derived_from_the_schema_are_those_kept_by_hand_before():
         "throughput_samples_per_s",
         "throughput_samples_per_s_eager",
         "train_samples_per_s",
+        "compile_speedup",
     }
 
 

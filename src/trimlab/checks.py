@@ -17,7 +17,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from trimlab import rundir
+from trimlab import rundir, speedup
 from trimlab.compression_checks import check_compression
 from trimlab.deploy_checks import check_deploy
 from trimlab.errors import ConfigError
@@ -104,6 +104,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_strategy(cfg)
     check_pairings(cfg)
     check_compression(cfg)
+    speedup.check_config(cfg)
     check_cost_figures(OmegaConf.select(cfg, "cost.figures", default=None))
     check_deploy(cfg)
     check_tracking(cfg)  # an MLflow server that does not answer

@@ -20,6 +20,7 @@ from torch import nn
 from trimlab import schema
 from trimlab.batches import forward, take, to_device
 from trimlab.errors import ConfigError
+from trimlab.schema import parse_target
 
 
 class RunClock(pl.Callback):
@@ -64,11 +65,23 @@ class RunClock(pl.Callback):
         running = time.perf_counter() - self._started if self._started is not None else 0.0
         return self.train_time_s + running
 
-    def time_to_target(self, fraction: float) -> float | None:
+    def time_to_target(self, fraction: float, target: Any = None) -> float | None:
+        """Train seconds until the monitored metric first reached `target` (`val/acc:0.98`, absolute; None when
+        it never did), or without one, `fraction` of its best value."""
         if not self.val_history:
             return None
-        target = fraction * max(metric for _, metric in self.val_history)
-        return next(seconds for seconds, metric in self.val_history if metric >= target)
+        if target:
+            _, value, lower = parse_target(target)
+            reached = (
+                seconds for seconds, metric in self.val_history if (metric <= value if lower else metric >= value)
+            )
+            return next(reached, None)
+        goal = fraction * max(metric for _, metric in self.val_history)
+        return next(seconds for seconds, metric in self.val_history if metric >= goal)
+
+    def curve(self) -> list[list[float]]:
+        """Wall seconds of training against the monitored val metric, at each validation."""
+        return [[round(seconds, 3), round(metric, 5)] for seconds, metric in self.val_history]
 
     # Carried in checkpoints, so a resumed run reports the whole run's time and samples.
     def state_dict(self) -> dict[str, Any]:
@@ -78,6 +91,18 @@ class RunClock(pl.Callback):
         self.train_time_s = float(state_dict["train_time_s"])
         self.samples = int(state_dict["samples"])
         self.val_history = [tuple(item) for item in state_dict["val_history"]]
+
+
+def target_facts(cfg: Any, clock: RunClock) -> dict[str, Any]:
+    """Which target time_to_target_s used, and the whole val curve it was read from."""
+    target = cfg.get("target")
+    if target:
+        metric, value, lower = parse_target(target)
+        used = f"{metric} {'<=' if lower else '>='} {value:g}"
+    else:
+        used = f"{clock.monitor} >= {cfg.target_fraction:g} x its best"
+    return {"time_to_target_s": clock.time_to_target(cfg.target_fraction, target), "target": used,
+            "val_curve": clock.curve()}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -240,7 +265,7 @@ def measure(
         "train_time_s": round(clock.train_time_s, 3),
         "train_samples": clock.samples,
         "train_samples_per_s": round(clock.samples / clock.train_time_s, 1) if clock.train_time_s else None,
-        "time_to_target_s": clock.time_to_target(cfg.target_fraction),
+        **target_facts(cfg, clock),
         # The first step carries one-off costs (torch.compile, lazy init); the median is the steady state.
         "first_step_s": round(clock.step_times[0], 4) if clock.step_times else None,
         "step_time_ms_median": round(statistics.median(clock.step_times[1:]) * 1e3, 4)

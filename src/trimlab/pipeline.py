@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
-from trimlab import guards, report, rundir, semi, transfer
+from trimlab import guards, report, rundir, semi, speedup, transfer
 from trimlab import loggers as run_loggers
 from trimlab.batches import first_test_inputs
 from trimlab.checkpoints import RNGState, check_matches, read_checkpoint
@@ -30,6 +30,8 @@ from trimlab.errors import ConfigError, Interrupted
 from trimlab.evaluation import evaluate_model
 from trimlab.factory import build, make, make_backbone
 from trimlab.resume import source_run_dir
+from trimlab.schema import parse_target
+from trimlab.speedup.compile_check import CompileCheck
 from trimlab.summary import RunRecord, Trained, completed, new_summary
 from trimlab.task import ClassificationTask
 
@@ -51,6 +53,7 @@ class Run:
     datamodule: ClassificationDataModule | None = None
     task: ClassificationTask | None = None
     stages: list = field(default_factory=list)
+    methods: list = field(default_factory=list)  # the speedup methods, callbacks of the fit
     loggers: list = field(default_factory=list)
     trainer: pl.Trainer | None = None
     clock: RunClock = field(default_factory=lambda: RunClock("val/acc"))
@@ -76,6 +79,8 @@ def _train(cfg: DictConfig, run_dir: Path, run_id: str, overrides: list[str] | N
             run.datamodule.save_artifacts(run_dir)  # before fit: a resume must find the tokenizer it trained with
         fit(run, record.summary, resumed)
         trained = test(run)
+        if run.methods:
+            record.summary["speedup"] = speedup.facts(run.methods)
         if not record.writer:
             return record.summary
         deployable, cost = measure_cost(run, trained)
@@ -103,14 +108,21 @@ def build_run(run: Run, summary: dict) -> dict | None:
     cfg = run.cfg
     validate_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run.methods = speedup.build(cfg)  # before the data and task: a method may scale their batch size and rate
     # A resumed run reads its data as the interrupted one did (a text run's tokenizer from its run dir).
     run.datamodule, run.task = build(cfg, compile=True, artifacts_from=source_run_dir(cfg, run.run_dir))
     run.stages = build_stages(cfg)
     for stage in run.stages:
         stage.check(run.datamodule, run.task.backbone)
+    speedup.check(run.methods, cfg, run.datamodule, run.task.backbone)
     resumed = starting_point(cfg, summary, run.task, run.datamodule)
     run.loggers = build_loggers(cfg, resumed)
-    run.trainer = build_trainer(cfg, [run.clock, RNGState(), *finetune_callbacks(cfg)], run.loggers)
+    target = (cfg.get("cost") or {}).get("target")
+    run.clock = RunClock(parse_target(target)[0] if target else "val/acc")
+    callbacks = [run.clock, RNGState(), *finetune_callbacks(cfg), *run.methods]
+    if cfg.model.get("compile"):
+        callbacks.append(CompileCheck())
+    run.trainer = build_trainer(cfg, callbacks, run.loggers)
     return resumed
 
 
@@ -148,6 +160,9 @@ def measure_cost(run: Run, trained: Trained) -> tuple[torch.nn.Module, dict]:
     sample = first_test_inputs(datamodule)
     precision = trainer.precision_plugin
     cost = measure(deployable, sample, run.clock, cfg.cost, trained.device, precision, trained.peaks, not run.stages)
+    checked = [c.speedup for c in trainer.callbacks if isinstance(c, CompileCheck) and c.speedup is not None]
+    if checked:
+        cost["compile_speedup"] = checked[0]
     return deployable, cost
 
 

@@ -14,7 +14,7 @@ Everything that used to keep its own list of keys derives it here. A cost figure
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -103,6 +103,9 @@ BUILTIN: tuple[Figure, ...] = (
     Figure("train_time_s", "s", "lower", "training", report=True, **SHOWN),
     Figure("train_samples", "samples", phase="training"),
     Figure("time_to_target_s", "s", "lower", "training", **SHOWN),
+    Figure("target", phase="training"),  # the target time_to_target_s was read against
+    Figure("val_curve", phase="training"),  # [train seconds, val metric] at each validation
+    Figure("compile_speedup", "x", "higher", "training"),  # model.compile: eager / compiled training step time
     Figure("train_samples_per_s", "/s", "higher", "training", report=True, compared=True),
     Figure("first_step_s", "s", "lower", "training"),
     Figure("step_time_ms_median", "ms", "lower", "training"),
@@ -168,3 +171,18 @@ def measurement(summary: dict[str, Any]) -> str | None:
     # The CPU model itself is in env.cpu; what changes timings on the same machine kind is its capability.
     settings.update(cpu_capability=env.get("cpu_capability"), device="cpu" if device.startswith("cpu") else device)
     return ", ".join(f"{key}={value}" for key, value in settings.items())
+
+
+def parse_target(target: Any) -> tuple[str, float, bool]:
+    """`val/acc:0.98` (or `val/acc=0.98`, or `{val/acc: 0.98}`): the val metric, the value it must reach, and
+    whether lower is better (a loss)."""
+    if isinstance(target, Mapping) and len(target) == 1:
+        target = "{}:{}".format(*next(iter(target.items())))
+    metric, _, value = str(target).replace("=", ":", 1).rpartition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if not metric.startswith("val/") or number is None:
+        raise ConfigError(f"cost.target={target} is not <val metric>:<value>; e.g. cost.target=val/acc:0.98")
+    return metric, number, metric.endswith("loss")
