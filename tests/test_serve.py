@@ -54,7 +54,7 @@ class Server:
         self.log = open(cwd / f"serve-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [str(BIN / "trimlab-serve"), f"run_dir={run_dir}", f"port={self.port}", *overrides],
-            cwd=cwd, env=cli_env(cwd), stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=cwd, env=cli_env(cwd), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -68,9 +68,15 @@ class Server:
         raise AssertionError("the server did not become healthy in 120 s")
 
     def stop(self) -> None:
+        """The whole process group: LitServe's forked HTTP servers outlive a killed main process otherwise."""
+        import contextlib
+        import os
+
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.log.close()
 
 
