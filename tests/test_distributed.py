@@ -35,51 +35,56 @@ def completed(result) -> dict:
 
 @pytest.fixture(scope="module")
 def single_and_ddp(tmp_path_factory):
-    """The same global batch (32) as 1 process × 32 and 2 processes × 16."""
+    """The same global batch (32) as 1 process × 32 and 2 processes × 16; the multi-process strategies run as one
+    sweep (a sweep must give one run per job, not one per rank)."""
     cwd = tmp_path_factory.mktemp("ddp")
     single = completed(run_cli(*TWO_EPOCHS, "data.batch_size=32", cwd=cwd))
-    ddp = completed(run_cli(*TWO_EPOCHS, "strategy=ddp", "data.batch_size=16", cwd=cwd))
-    return cwd, single, ddp
+    strategies = "ddp,ddp_spawn,model_parallel"
+    result = run_cli("-m", f"strategy={strategies}", *TWO_EPOCHS, "data.batch_size=16", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = [p for p in (cwd / "outputs").rglob("summary.json") if "multirun" in p.parts]
+    jobs = [json.loads(p.read_text()) for p in paths]
+    by_strategy = {next(o for o in job["overrides"] if o.startswith("strategy=")): job for job in jobs}
+    assert len(jobs) == 3 and all(job["status"] == "completed" for job in jobs)
+    assert all("data.batch_size=16" in job["overrides"] for job in jobs)  # each job's own, though a fresh process
+    return cwd, single, {name.removeprefix("strategy="): job for name, job in by_strategy.items()}
 
 
 def test_ddp_writes_one_run_dir_and_summary(single_and_ddp):
-    cwd, _, ddp = single_and_ddp
+    cwd, _, jobs = single_and_ddp
+    ddp = jobs["ddp"]
     assert ddp["env"]["world_size"] == 2 and ddp["env"]["strategy"] == "DDPStrategy"
     assert ddp["cost"]["processes"] == 2 and ddp["cost"]["peak_mem_mb_total"] > ddp["cost"]["peak_mem_mb"]
-    assert len(list((cwd / "outputs").rglob("summary.json"))) == 2  # the single run's and the DDP run's
+    assert len(list((cwd / "outputs").rglob("summary.json"))) == 4  # the single run's and one per sweep job
     assert ddp["metrics"]["test_samples"] == 360  # gathered from both ranks
 
 
 def test_ddp_matches_one_process_within_tolerance(single_and_ddp):
-    _, single, ddp = single_and_ddp
+    _, single, jobs = single_and_ddp
     # Same data order and global batch; BatchNorm statistics are per rank, so not bit-equal.
-    assert abs(single["metrics"]["test/acc"] - ddp["metrics"]["test/acc"]) <= 0.05
+    assert abs(single["metrics"]["test/acc"] - jobs["ddp"]["metrics"]["test/acc"]) <= 0.05
     # DistributedSampler pads an odd train set (1,257) by one sample per epoch.
-    assert 0 <= ddp["cost"]["train_samples"] - single["cost"]["train_samples"] <= 2
+    assert 0 <= jobs["ddp"]["cost"]["train_samples"] - single["cost"]["train_samples"] <= 2
 
 
-def test_eval_reproduces_a_ddp_run(single_and_ddp):
-    cwd, _, ddp = single_and_ddp
-    result = run_cli(f"run_dir={ddp['run_dir']}", cwd=cwd, script="trimlab-eval")
+@pytest.mark.parametrize("name", ["ddp", "model_parallel"])
+def test_eval_reproduces_a_multi_process_run(single_and_ddp, name):
+    cwd, _, jobs = single_and_ddp
+    result = run_cli(f"run_dir={jobs[name]['run_dir']}", cwd=cwd, script="trimlab-eval")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((Path(ddp["run_dir"]) / "eval.json").read_text())["reproduces"] is True
+    assert json.loads((Path(jobs[name]["run_dir"]) / "eval.json").read_text())["reproduces"] is True
 
 
-def test_model_parallel_shards_on_cpu_and_eval_loads_it(tmp_path):
-    summary = completed(run_cli(*TWO_EPOCHS, "strategy=model_parallel", cwd=tmp_path))
+def test_model_parallel_shards_on_cpu(single_and_ddp):
+    summary = single_and_ddp[2]["model_parallel"]
     assert summary["env"]["strategy"] == "ModelParallelStrategy" and summary["env"]["world_size"] == 2
-    result = run_cli(f"run_dir={summary['run_dir']}", cwd=tmp_path, script="trimlab-eval")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((Path(summary["run_dir"]) / "eval.json").read_text())["reproduces"] is True
 
 
-def test_ddp_and_ddp_spawn_inside_a_sweep_give_one_run_per_job(tmp_path):
-    result = run_cli("-m", "strategy=ddp,ddp_spawn", "trainer.max_epochs=1", *FAST[1:], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [json.loads(p.read_text()) for p in (tmp_path / "outputs").rglob("summary.json")]
-    assert len(summaries) == 2  # not four: the ranks did not re-run the sweep
-    assert all(s["status"] == "completed" and s["env"]["world_size"] == 2 for s in summaries)
-    assert sorted(s["config"]["trainer"]["strategy"]["start_method"] for s in summaries) == ["popen", "spawn"]
+def test_ddp_and_ddp_spawn_inside_a_sweep_give_one_run_per_job(single_and_ddp):
+    _, _, jobs = single_and_ddp
+    assert all(job["env"]["world_size"] == 2 for job in jobs.values())  # four runs, not eight: ranks ran no sweep
+    methods = [jobs[name]["config"]["trainer"]["strategy"]["start_method"] for name in ("ddp", "ddp_spawn")]
+    assert methods == ["popen", "spawn"]
 
 
 @pytest.mark.parametrize("precision, recorded", [("bf16-mixed", "bf16-mixed"), ("16-mixed", "bf16-mixed")])
@@ -120,7 +125,7 @@ def test_a_spawned_workers_timeout_reaches_the_main_process_as_its_message():
 
 
 def test_two_nodes_by_torchrun_match_one_node_with_two_devices(single_and_ddp, tmp_path):
-    _, _, ddp = single_and_ddp
+    ddp = single_and_ddp[2]["ddp"]
     run_dir = tmp_path / "two_nodes"
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)

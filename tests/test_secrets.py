@@ -53,12 +53,10 @@ def test_secrets_reach_no_file_of_runs_and_sweeps(tmp_path):
     assert_clear_error(refused, "looks like a secret")
     assert PLANTED not in refused.stderr and not (tmp_path / "outputs").exists()
 
-    single = run_cli("logger=many", *TINY, cwd=tmp_path, env=env)
-    assert single.returncode == 0, single.stderr[-3000:]
-    sweep = run_cli("-m", "logger=[csv,wandb]", "seed=1,2", *TINY, cwd=tmp_path, env=env)
+    sweep = run_cli("-m", "logger=many,[csv,wandb]", "seed=1", *TINY, cwd=tmp_path, env=env)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     outputs = tmp_path / "outputs"
-    assert len(list(outputs.rglob("summary.json"))) == 3
+    assert len(list(outputs.rglob("summary.json"))) == 2
     assert {p.name for p in outputs.rglob("*") if p.is_dir()} >= {"wandb", "mlruns", "tensorboard", "csv"}
     assert files_holding(outputs, PLANTED) == []
-    assert PLANTED not in single.stdout + single.stderr + sweep.stdout + sweep.stderr
+    assert PLANTED not in sweep.stdout + sweep.stderr

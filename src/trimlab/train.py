@@ -21,6 +21,7 @@ from trimlab.processes import multi_process
 
 log = logging.getLogger("trimlab")
 failed_jobs: list[str] = []
+SWEEP_JOB_DIR = "TRIMLAB_SWEEP_JOB_DIR"  # set for a sweep job run as a fresh process: its run dir
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -59,7 +60,18 @@ def job(cfg: DictConfig, hydra_cfg, run_dir: Path) -> float | list[float] | None
 
     # Ranks > 0 of a DDP run are this command re-run with the same run dir: the dir names the id.
     run_id = rundir.run_id_from_dir(run_dir) or rundir.current_run_id()
-    return objective(cfg, train(cfg, run_dir, run_id, overrides=list(hydra_cfg.overrides.task)))
+    overrides = list(hydra_cfg.overrides.task) or fresh_job_overrides(run_dir)
+    return objective(cfg, train(cfg, run_dir, run_id, overrides=overrides))
+
+
+def fresh_job_overrides(run_dir: Path) -> list[str]:
+    """A sweep job run as a fresh process starts from its saved config, with no overrides on its command line:
+    its own are those the sweep saved for it."""
+    if os.environ.get(SWEEP_JOB_DIR) != str(run_dir.absolute()):
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(override) for override in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
 
 
 def share_cores(hydra_cfg) -> None:
@@ -96,6 +108,7 @@ def run_job_in_fresh_process(run_dir: Path) -> None:
     ]  # fmt: skip
     log.info("running %s as a fresh process (multi-process job inside a sweep)", run_dir)
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # its own W&B service, as from a shell
+    env[SWEEP_JOB_DIR] = str(run_dir.absolute())
     code = subprocess.run(command, check=False, env=env).returncode
     if code != 0:
         raise TrimlabError(f"job process exited with {code}; see {run_dir / 'summary.json'} and its log")
