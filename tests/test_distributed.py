@@ -22,6 +22,8 @@ from trimlab.pipeline import train
 
 pytestmark = pytest.mark.slow
 TWO_EPOCHS = [*FAST, "callbacks.early_stopping=null"]
+# Swept by `trimlab-train -m` in one fixture below; tests/test_every_option.py counts them as run here.
+SWEPT_STRATEGIES = ("ddp", "ddp_spawn", "model_parallel")
 MULTI_PROCESS = sorted(path.stem for path in (REPO / "conf" / "strategy").glob("*.yaml") if path.stem != "auto")
 
 
@@ -39,8 +41,7 @@ def single_and_ddp(tmp_path_factory):
     sweep (a sweep must give one run per job, not one per rank)."""
     cwd = tmp_path_factory.mktemp("ddp")
     single = completed(run_cli(*TWO_EPOCHS, "data.batch_size=32", cwd=cwd))
-    strategies = "ddp,ddp_spawn,model_parallel"
-    result = run_cli("-m", f"strategy={strategies}", *TWO_EPOCHS, "data.batch_size=16", cwd=cwd)
+    result = run_cli("-m", f"strategy={','.join(SWEPT_STRATEGIES)}", *TWO_EPOCHS, "data.batch_size=16", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     paths = [p for p in (cwd / "outputs").rglob("summary.json") if "multirun" in p.parts]
     jobs = [json.loads(p.read_text()) for p in paths]

@@ -1,7 +1,8 @@
 """Every option of every config group runs through `trimlab-train`: a tiny run that completes, or a failure for a
 reason the README gives (FSDP or `trainer=gpu` without a GPU, a real dataset absent from the data dir, SLURM
 absent; the real datasets are read only with TRIMLAB_TEST_REAL_DATA=1). Options come from the files in conf/ (and
-the launchers Hydra finds), so a new option file is run too.
+the launchers Hydra finds), so a new option file is run too. The multi-process strategies run in
+tests/test_distributed.py's sweep, where each gets the two ranks it is for.
 
 One multirun per group (jobs in-process), a few groups crossed where that is cheaper than another process, a few
 processes at once. Each model runs on data of its modality; options whose data needs a path get a tiny dataset
@@ -21,6 +22,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA, run_cli
+from test_distributed import SWEPT_STRATEGIES
 
 pytestmark = pytest.mark.slow
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -37,6 +39,8 @@ MISSING_DATA = "set env TRIMLAB_DATA or data.root=<dir>"
 REAL_DATA = SHARED_DATA.is_dir() and os.environ.get("TRIMLAB_TEST_REAL_DATA") == "1"
 # Options that need a path get one from a user config of the same group: <option>_tiny.yaml.
 NEEDS_PATH = {"image_folder": "folder", "text_csv": "file", "wav_folder": "folder"}
+# Options another test already runs through `trimlab-train -m`, with the processes they need (two ranks each).
+RUN_ELSEWHERE = {("strategy", name) for name in SWEPT_STRATEGIES}
 
 
 def options(group: str) -> list[str]:
@@ -55,9 +59,8 @@ def launchers() -> list[str]:
 def every_option() -> set[tuple[str, str]]:
     groups = {path.parent.relative_to(CONF).as_posix() for path in CONF.rglob("*.yaml") if path.parent != CONF}
     groups -= {"hydra/launcher", "hydra/sweeper"}  # sweepers: basic runs every -m, trimlab_optuna every search
-    return {(group, option) for group in groups for option in options(group)} | {
-        ("hydra/launcher", option) for option in launchers()
-    }
+    every = {(group, option) for group in groups for option in options(group)}
+    return every - RUN_ELSEWHERE | {("hydra/launcher", option) for option in launchers()}
 
 
 def modality(group: str, option: str) -> str:
@@ -124,13 +127,12 @@ def commands() -> dict[str, list[str]]:
             "paths=default",
         ],  # fmt: skip
         "precision": [*sweep("precision"), *sweep("semi_supervised")[1:]],
-        "trainer": [*sweep("trainer", drop=("gpu",)), *sweep("debug")[1:]],
+        "trainer": [*sweep("trainer", drop=("gpu",)), *sweep("debug")[1:], "strategy=auto"],
         "gpu": ["trainer=gpu"],  # refused before it starts where there is no GPU: alone, not in a sweep
         "logger": sweep("logger"),
         "deploy": sweep("deploy"),  # each runtime beside inductor: exported, scored, one deployed
         "compression": sweep("compression", drop=("distill",)),
         "speedup": [*sweep("speedup"), "cost.target=val/acc:0.1"],  # stop_at_target reads its target there
-        "strategy": sweep("strategy", "trainer.devices=1", drop=("fsdp",)),  # one process each: cheap
         "fsdp": ["strategy=fsdp", "trainer.devices=1"],
         "experiment": sweep("experiment", "compression=none", drop=("sst2_distill", "speech_commands_transfer")),
         "slurm": ["-m", "hydra/launcher=submitit_slurm"],
@@ -223,6 +225,7 @@ def expected_failure(group: str, option: str) -> str | None:
 
 def test_every_option_ran(outcomes):
     assert every_option() - set(outcomes) == set()
+    assert {("strategy", option) for option in options("strategy")} >= RUN_ELSEWHERE  # no stale name
     assert len(outcomes) > 60 and sum(len(jobs) for jobs in outcomes.values()) > 80
 
 
