@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trimlab import rundir
 from trimlab.errors import Interrupted, TrimlabError, fail, full_errors, user_errors
@@ -69,8 +69,6 @@ def fresh_job_overrides(run_dir: Path) -> list[str]:
     its own are those the sweep saved for it."""
     if os.environ.get(SWEEP_JOB_DIR) != str(run_dir.absolute()):
         return []
-    from omegaconf import OmegaConf
-
     return [str(override) for override in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
 
 
