@@ -277,8 +277,8 @@ def test_a_batch_that_raises_fails_its_requests_with_500_and_a_reason():
 
 def test_loadtest_writes_every_figure_and_a_serving_cost_block(served):
     url, run_dir, cwd = served["server"].url, served["run_dir"], served["cwd"]
-    result = run_cli(url, "--concurrency", "1,4", "--duration", "2", "--requests", "60", cwd=cwd,
-                     script="trimlab-loadtest")  # fmt: skip
+    result = run_cli(url, "--concurrency", "1,4", "--duration", "2", "--requests", "60", "--image-format", "png",
+                     cwd=cwd, script="trimlab-loadtest")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     bench = json.loads((run_dir / "serve_bench.json").read_text())
     assert [level["concurrency"] for level in bench["levels"]] == [1, 4]
@@ -287,6 +287,7 @@ def test_loadtest_writes_every_figure_and_a_serving_cost_block(served):
         for key in ("requests_per_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "usd_per_million"):
             assert level[key] > 0, key
         assert level["predictions_per_s"] == level["requests_per_s"] and level["items_per_request"] == 1
+        assert level["image_format"] == "png"  # and the server answered every PNG body (no errors)
         assert level["usd_per_million"] == pytest.approx(0.10 / 3600 / level["requests_per_s"] * 1e6, rel=1e-3)
     assert bench["cpu"] and bench["cpu_capability"] and bench["variant"] == "torch/eager"
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -17,6 +17,7 @@ from trimlab import speedup
 from trimlab.cost import RunClock
 from trimlab.errors import ConfigError
 from trimlab.schema import parse_target
+from trimlab.speedup.feature_cache import FeatureCache
 from trimlab.speedup.methods import ChannelsLast, LargeBatch, LayerFreeze, ProgressiveResizing, StopAtTarget
 
 
@@ -126,6 +127,38 @@ def test_a_target_is_a_val_metric_and_a_value_and_time_to_target_reads_it():
     assert clock.time_to_target(0.99, "val/acc:0.99") is None
     assert clock.time_to_target(0.99) == 3.0  # 0.99 x the best, 0.9504
     assert clock.curve()[1] == [2.0, 0.8]
+
+
+def test_feature_cache_trains_on_the_front_end_s_features_and_gives_the_waveforms_back():
+    from trimlab.compression.distillation import WithTeacherLogits
+    from trimlab.data.base import ArrayDataset
+    from trimlab.models.speech import SpeechClassifier
+
+    torch.manual_seed(0)
+    model = SpeechClassifier((1, 4000), 3, sample_rate=8000, normalize=False, time_mask=4)
+    waves = ArrayDataset(torch.randn(300, 1, 4000) * 0.1, torch.arange(300) % 3)
+    train = WithTeacherLogits(waves, torch.randn(300, 3))  # a wrapped split: the teacher logits stay
+    datamodule = SimpleNamespace(splits={"train": train}, shift_samples=160, gain_db=6.0)
+    datamodule.augment_batch = lambda inputs: inputs  # what the class's waveform augmentation stands for
+    trainer, method = SimpleNamespace(datamodule=datamodule), FeatureCache()
+    method.setup(trainer, SimpleNamespace(backbone=model), "fit")
+
+    cached = datamodule.splits["train"]
+    features, target, logits = cached[5]
+    assert features.shape == model.spectrogram_shape and target == 2 and torch.equal(logits, train.logits[5])
+    model.eval()
+    assert torch.equal(model(cached.inputs[:4]), model(waves.inputs[:4]))  # same logits from features or waves
+    assert model.training is False and method.facts()["shift_frames"] == 2  # 160 samples at an 80-sample hop
+    batch = cached.inputs[:8]
+    moved = datamodule.augment_batch(batch)
+    assert moved.shape == batch.shape and not torch.equal(moved, batch)  # the gain and the shift act on features
+    model.train()
+    assert not torch.equal(model.frontend(batch), batch)  # SpecAugment's time mask still runs while training
+
+    method.teardown(trainer, SimpleNamespace(backbone=model), "fit")
+    assert datamodule.splits["train"] is train and datamodule.augment_batch(batch) is batch
+    with pytest.raises(ConfigError, match="has no log-mel front end"):
+        method.check(None, Seen())
 
 
 def test_a_method_for_another_modality_or_strategy_fails_before_training(tmp_path):

@@ -8,8 +8,9 @@ Each served model gets two servers, one after the other: a latency one (batch_ti
 waits for others), loaded at concurrency 1, whose p50 minus the ledger's batch-1 latency is the server's
 overhead; and the default one (max_batch_size=32, batch_timeout_ms=5), loaded with 64 inputs per request at
 concurrency 8 (where the model's speed shows), then with one input per request at concurrency 1, 8 and 32 (the
-figures its `cost.serving` keeps). Ratios are taken
-within this one run; the CPU model and torch's CPU capability are recorded with them.
+figures its `cost.serving` keeps). Images go as base64 PNG files, as a client sends a picture
+(`--image-format list` sends nested pixel lists, which cost the server more to parse than the small models cost
+to run). Ratios are taken within this one run; the CPU model and torch's CPU capability are recorded with them.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def wait_healthy(server: subprocess.Popen, port: int, log_path: Path | None = No
     raise SystemExit(f"the server on port {port} never answered /health (exit code {server.poll()}): {tail}")
 
 
-def serve_and_load(run_dir: Path, target: str, loads: list[tuple[str, int]], duration: float, *knobs: str) -> list:
+def serve_and_load(run_dir: Path, target: str, loads: list[tuple[str, int]], duration: float, image_format: str,
+                   *knobs: str) -> list:  # fmt: skip
     """Start a server, wait for /health, load it with each (concurrency levels, items per request), stop it with
     SIGTERM; each load test's JSON."""
     port = free_port()
@@ -84,7 +86,7 @@ def serve_and_load(run_dir: Path, target: str, loads: list[tuple[str, int]], dur
         results = []
         for levels, items in loads:
             run([str(BIN / "trimlab-loadtest"), f"http://127.0.0.1:{port}", "--concurrency", levels,
-                 "--items", str(items), "--duration", str(duration)])  # fmt: skip
+                 "--items", str(items), "--duration", str(duration), "--image-format", image_format])  # fmt: skip
             results.append(json.loads((run_dir / "serve_bench.json").read_text()))
         return results
     finally:
@@ -93,9 +95,9 @@ def serve_and_load(run_dir: Path, target: str, loads: list[tuple[str, int]], dur
         log.close()
 
 
-def measure(run_dir: Path, target: str, duration: float) -> dict:
-    (quick,) = serve_and_load(run_dir, target, [("1", 1)], duration, "batch_timeout_ms=0")
-    many, loaded = serve_and_load(run_dir, target, [("8", 64), ("1,8,32", 1)], duration)  # cost.serving: 1 item
+def measure(run_dir: Path, target: str, duration: float, image_format: str) -> dict:
+    (quick,) = serve_and_load(run_dir, target, [("1", 1)], duration, image_format, "batch_timeout_ms=0")
+    many, loaded = serve_and_load(run_dir, target, [("8", 64), ("1,8,32", 1)], duration, image_format)
     ledger = loaded["ledger"]
     by_level = {level["concurrency"]: level for level in loaded["levels"]}
     p50 = quick["levels"][0]["latency_ms_p50"]
@@ -117,12 +119,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--all", action="store_true", help="MNIST and SST-2 too (needs TRIMLAB_DATA)")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument(
+        "--image-format",
+        choices=("png", "list"),
+        default="png",
+        help="how the load test sends images: base64 PNG files (default) or nested pixel lists",
+    )
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench-serve"))
     args = parser.parse_args()
     from trimlab.report import cpu_capability, cpu_model
 
     out = Path(args.out)
-    results = {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "duration_s": args.duration, "cases": {}}
+    results = {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "duration_s": args.duration,
+               "image_format": args.image_format, "cases": {}}  # fmt: skip
     for name, (overrides, served) in CASES.items():
         if name != "digits" and not args.all:
             continue
@@ -130,7 +139,7 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         run([str(BIN / "trimlab-train"), *overrides, "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"])
         for label, target in served:
-            results["cases"][f"{name} {label}"] = measure(run_dir, target, args.duration)
+            results["cases"][f"{name} {label}"] = measure(run_dir, target, args.duration, args.image_format)
     cases = results["cases"]
     for base, small in (("digits fp32 inductor", "digits deployed"),
                         ("mnist_cnn fp32 inductor", "mnist_prune_quantize deployed"),

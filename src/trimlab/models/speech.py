@@ -145,6 +145,8 @@ class LogMel(nn.Module):
         return num_samples // self.hop_length + 1  # centred STFT
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if waveform.dim() == 4:  # log-mel features computed earlier (speedup=feature_cache): SpecAugment is left
+            return self.augmented(waveform.float())
         # Always float32, whatever the run's precision: bf16 weights would not match the float power spectrum,
         # and in fp16 a loud clip's mel energies overflow (65,504 max).
         with torch.autocast(waveform.device.type, enabled=False):
@@ -167,8 +169,11 @@ class LogMel(nn.Module):
             mean = features.mean(dim=(-2, -1), keepdim=True)
             std = features.std(dim=(-2, -1), keepdim=True)
             features = (features - mean) / (std + 1e-5)
+        return self.augmented(features)
+
+    def augmented(self, features: torch.Tensor) -> torch.Tensor:
         if self.training and self.num_masks > 0 and (self.freq_mask > 0 or self.time_mask > 0):
-            features = self.spec_augment(features)
+            return self.spec_augment(features)
         return features
 
     def spec_augment(self, features: torch.Tensor) -> torch.Tensor:

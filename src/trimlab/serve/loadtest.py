@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level (default 15)")
     parser.add_argument("--requests", type=int, default=None, help="stop a level after this many requests")
     parser.add_argument("--items", type=int, default=1, help="inputs per request (default 1: a prediction each)")
+    parser.add_argument(
+        "--image-format",
+        choices=("list", "png"),
+        default="list",
+        help="how images are sent: nested lists of pixels (default) or base64 PNG files",
+    )
     parser.add_argument("--run-dir", default=None, help="where serve_bench.json goes (default: the served run's)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds one request may take (default 30)")
     return parser.parse_args(argv)
@@ -58,8 +64,9 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def example_item(info: dict[str, Any], seed: int) -> Any:
-    """One synthetic input of the served modality: a text, an image of pixels in [0, 1], or a base64 WAV."""
+def example_item(info: dict[str, Any], seed: int, image_format: str = "list") -> Any:
+    """One synthetic input of the served modality: a text, an image (pixels in [0, 1] as nested lists, or a base64
+    8-bit PNG), or a base64 WAV."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -69,7 +76,13 @@ def example_item(info: dict[str, Any], seed: int) -> Any:
         return " ".join(rng.choice(words, size=12))
     if modality == "vision":
         _, height, width = info["input_shape"]
-        return rng.random((height, width)).round(3).tolist()
+        if image_format == "list":
+            return rng.random((height, width)).round(3).tolist()
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8)).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
     import soundfile as sf
 
     rate, samples = info["sample_rate"], info["input_shape"][-1]
@@ -126,7 +139,8 @@ def figures(clients: int, latencies: list[float], errors: dict[str, int], elapse
     }  # fmt: skip
 
 
-async def load(url: str, clients: list[int], duration: float, cap: int | None, timeout: float, items: int) -> dict:
+async def load(url: str, clients: list[int], duration: float, cap: int | None, timeout: float, items: int,
+               image_format: str = "list") -> dict:  # fmt: skip
     import aiohttp
 
     limits = aiohttp.TCPConnector(limit=max(clients))
@@ -137,10 +151,12 @@ async def load(url: str, clients: list[int], duration: float, cap: int | None, t
         except (aiohttp.ClientError, OSError, ValueError) as err:
             raise TrimlabError(f"no trimlab-serve server answers at {url}/info ({err}); start trimlab-serve") from err
         # Bodies encoded once: the client shares the machine with the server, and JSON of many pixels is not free.
-        bodies = [json.dumps({"inputs": [example_item(info, seed * items + i) for i in range(items)]}).encode()
-                  for seed in range(16)]  # fmt: skip
+        bodies = [json.dumps({"inputs": [example_item(info, seed * items + i, image_format) for i in range(items)]})
+                  .encode() for seed in range(16)]  # fmt: skip
         await level(session, url, bodies, min(clients), 30.0, WARMUP_REQUESTS, items)  # connections, first graphs
         results = [await level(session, url, bodies, c, duration, cap, items) for c in clients]
+    for result in results:
+        result["image_format"] = image_format if info["input"]["modality"] == "vision" else None
     return {"info": info, "levels": results}
 
 
@@ -185,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
         url, clients = check_url(args.url), levels(args.concurrency)
         if args.duration <= 0 or args.items < 1 or (args.requests is not None and args.requests < 1):
             raise ConfigError("--duration must be > 0, --items >= 1 and --requests >= 1")
-        outcome = asyncio.run(load(url, clients, args.duration, args.requests, args.timeout, args.items))
+        outcome = asyncio.run(
+            load(url, clients, args.duration, args.requests, args.timeout, args.items, args.image_format)
+        )
         block = serving_block(outcome["info"], outcome["levels"])
         path = record(Path(args.run_dir or outcome["info"]["run_dir"]), block)
     for result in block["levels"]:
