@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint lock clean bench bench-overhead bench-sweep bench-deploy bench-serve
+.PHONY: setup demo test lint lock clean bench bench-overhead bench-sweep bench-deploy bench-serve bench-train
 
 setup:
 	@bash scripts/setup_env.sh
@@ -41,6 +41,11 @@ bench-deploy: $(BIN)/trimlab-train
 # A fresh digits run behind trimlab-serve, loaded by trimlab-loadtest (experiments/serving; --all adds MNIST, SST-2).
 bench-serve: $(BIN)/trimlab-train
 	$(BIN)/python experiments/serving/bench.py
+
+# Time to a stated val accuracy: plain PyTorch loops, trimlab's default, its speedup recipes; 4 tasks, 3 seeds
+# (experiments/training; needs the datasets: TRIMLAB_DATA).
+bench-train: $(BIN)/trimlab-train
+	$(BIN)/python experiments/training/bench.py
 
 # Re-pin every package after changing dependencies in pyproject.toml.
 lock: $(BIN)/trimlab-train

@@ -136,18 +136,20 @@ def test_feature_cache_trains_on_the_front_end_s_features_and_gives_the_waveform
 
     torch.manual_seed(0)
     model = SpeechClassifier((1, 4000), 3, sample_rate=8000, normalize=False, time_mask=4)
-    waves = ArrayDataset(torch.randn(300, 1, 4000) * 0.1, torch.arange(300) % 3)
-    train = WithTeacherLogits(waves, torch.randn(300, 3))  # a wrapped split: the teacher logits stay
+    clips = torch.randn(300, 1, 4000) * 0.1
+    # A wrapped split, as distillation leaves it: the teacher logits stay.
+    train = WithTeacherLogits(ArrayDataset(clips, torch.arange(300) % 3), torch.randn(300, 3))
     datamodule = SimpleNamespace(splits={"train": train}, shift_samples=160, gain_db=6.0)
     datamodule.augment_batch = lambda inputs: inputs  # what the class's waveform augmentation stands for
     trainer, method = SimpleNamespace(datamodule=datamodule), FeatureCache()
-    method.setup(trainer, SimpleNamespace(backbone=model), "fit")
+    method.on_train_start(trainer, SimpleNamespace(backbone=model))
 
-    cached = datamodule.splits["train"]
+    cached = datamodule.splits["train"]  # the same object, which the train loader holds: its inputs swapped
     features, target, logits = cached[5]
-    assert features.shape == model.spectrogram_shape and target == 2 and torch.equal(logits, train.logits[5])
+    assert cached is train and features.shape == model.spectrogram_shape and target == 2
+    assert torch.equal(logits, train.logits[5]) and cached.dataset.inputs is cached.inputs
     model.eval()
-    assert torch.equal(model(cached.inputs[:4]), model(waves.inputs[:4]))  # same logits from features or waves
+    assert torch.equal(model(cached.inputs[:4]), model(clips[:4]))  # the same logits from features or waveforms
     assert model.training is False and method.facts()["shift_frames"] == 2  # 160 samples at an 80-sample hop
     batch = cached.inputs[:8]
     moved = datamodule.augment_batch(batch)
@@ -156,7 +158,7 @@ def test_feature_cache_trains_on_the_front_end_s_features_and_gives_the_waveform
     assert not torch.equal(model.frontend(batch), batch)  # SpecAugment's time mask still runs while training
 
     method.teardown(trainer, SimpleNamespace(backbone=model), "fit")
-    assert datamodule.splits["train"] is train and datamodule.augment_batch(batch) is batch
+    assert train.inputs is clips and train.dataset.inputs is clips and datamodule.augment_batch(batch) is batch
     with pytest.raises(ConfigError, match="has no log-mel front end"):
         method.check(None, Seen())
 

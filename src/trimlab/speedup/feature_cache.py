@@ -14,7 +14,6 @@ Validation, test, export and serving take waveforms through the whole front end,
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -35,19 +34,18 @@ def frontend_of(backbone: nn.Module) -> nn.Module | None:
     return frontend if isinstance(frontend, LogMel) else None
 
 
-def with_inputs(dataset: Any, inputs: torch.Tensor) -> Any:
-    """A shallow copy of the train split (or of the split a wrapper, such as the teacher logits, holds) with other
-    inputs: the targets, and anything else it carries, stay as they were."""
-    cached = copy.copy(dataset)
+def set_inputs(dataset: Any, inputs: torch.Tensor) -> None:
+    """The train split's inputs swapped in place (and those of the split a wrapper, such as the teacher logits,
+    holds): the train loader, already built, reads the same dataset object; targets and the rest stay."""
     if hasattr(dataset, "dataset"):
-        cached.dataset = with_inputs(dataset.dataset, inputs)
-    cached.inputs = inputs
-    return cached
+        set_inputs(dataset.dataset, inputs)
+    dataset.inputs = inputs
 
 
 class FeatureCache(pl.Callback):
-    """Caches the train split's un-augmented log-mel features as each fit is set up and puts the waveforms back
-    when it is torn down; while it lasts, the DataModule's augmentation acts on features."""
+    """Caches the train split's un-augmented log-mel features as each fit's training starts (inside its train
+    time: the cache is part of what the fit costs) and puts the waveforms back when the fit is torn down; while it
+    lasts, the DataModule's augmentation acts on features."""
 
     def __init__(self) -> None:
         self.shift_frames, self.gain_db, self.shape = 0, 0.0, None
@@ -57,13 +55,10 @@ class FeatureCache(pl.Callback):
             raise ConfigError(f"speedup=feature_cache: {type(backbone).__name__} has no log-mel front end "
                               "(model.frontend) to cache; use model=speech_cnn or remove it")  # fmt: skip
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """At the fit's setup: before its train loader is built (the optimizer's schedule counts its batches)."""
-        if stage != "fit":
-            return
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule, frontend = trainer.datamodule, frontend_of(pl_module.backbone)
-        self.waveforms = datamodule.splits["train"]
-        waveforms = self.waveforms.inputs
+        self.train = datamodule.splits["train"]
+        self.waveforms = waveforms = self.train.inputs
         mode = frontend.training
         frontend.eval()  # no SpecAugment in the cache: it draws new masks every step
         with torch.no_grad():
@@ -71,7 +66,7 @@ class FeatureCache(pl.Callback):
             features = torch.cat([frontend(waveforms[i : i + CHUNK].to(device)).cpu()
                                   for i in range(0, len(waveforms), CHUNK)])  # fmt: skip
         frontend.train(mode)
-        datamodule.splits["train"] = with_inputs(self.waveforms, features)
+        set_inputs(self.train, features)
         self.shape = list(features.shape[1:])
         self.shift_frames = round(getattr(datamodule, "shift_samples", 0) / frontend.hop_length)
         self.gain_db = 0.0 if frontend.normalize else float(getattr(datamodule, "gain_db", 0.0))
@@ -92,8 +87,8 @@ class FeatureCache(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         if stage == "fit" and hasattr(self, "waveforms"):
-            datamodule.splits["train"] = self.waveforms
-            del datamodule.augment_batch, self.waveforms  # the waveform augmentation again
+            set_inputs(self.train, self.waveforms)
+            del datamodule.augment_batch, self.waveforms, self.train  # the waveform augmentation again
             if self.instance_augment is not None:
                 datamodule.augment_batch = self.instance_augment
 
