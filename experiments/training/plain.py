@@ -27,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from trimlab import rundir
+from trimlab.batches import forward
 from trimlab.factory import build
 from trimlab.launch import config_dir
 from trimlab.schema import parse_target
@@ -44,7 +45,7 @@ def evaluate(model: torch.nn.Module, loader) -> tuple[float, float]:
     model.eval()
     correct, loss, count = 0, 0.0, 0
     for inputs, target, *_ in loader:
-        logits = model(inputs)
+        logits = forward(model, inputs)
         loss += float(F.cross_entropy(logits, target, reduction="sum"))
         correct += int((logits.argmax(-1) == target).sum())
         count += len(target)
@@ -69,7 +70,7 @@ def fit(cfg, target: str | None) -> dict:
         for inputs, labels in loader:
             if datamodule.augment:
                 inputs = datamodule.augment_batch(inputs)
-            loss = F.cross_entropy(model(inputs), labels, label_smoothing=smoothing)
+            loss = F.cross_entropy(forward(model, inputs), labels, label_smoothing=smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
