@@ -193,5 +193,29 @@ def test_proposals_repeating_completed_trials_are_not_run(tmp_path, caplog):
     assert sorted(launched) == [["data.batch_size=32"], ["data.batch_size=64"]]  # then nothing new was left
     assert "the search space looks exhausted" in caplog.text
     trials = study_trials_of(tmp_path)
-    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
-    assert all("duplicate_of" in t.system_attrs for t in trials if t.state.name == "FAIL")
+    run = [t for t in trials if "duplicate_of" not in t.system_attrs]
+    assert len(run) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+    for repeat in (t for t in trials if "duplicate_of" in t.system_attrs):  # answered from the earlier result
+        twin = trials[repeat.system_attrs["duplicate_of"]]
+        assert repeat.params == twin.params and repeat.values == twin.values
+
+
+def test_a_stage_s_knobs_are_sampled_only_in_trials_that_pick_the_stage(tmp_path):
+    launched: list = []
+
+    def launch(batch, initial_job_idx):
+        launched.extend(batch)
+        return completed_job(batch, initial_job_idx)
+
+    space = {"compression": 'choice(none, prune, quantize_static, "[prune,quantize_static]")',
+             "++compression.prune.sparsity": "choice(0.5, 0.8)", "++compression.quantize_static.calibration_batches":
+             "choice(4, 8)", "model.widths": 'choice("[8,16]", "[16,32]")'}  # fmt: skip
+    sweeper_in(tmp_path, launch, n_trials=30, params=space).sweep([])
+    configurations = [dict(o.split("=", 1) for o in job) for job in launched]
+    for config in configurations:
+        stages = config["compression"].strip("[]").split(",")
+        assert ("++compression.prune.sparsity" in config) == ("prune" in stages), config
+        assert ("++compression.quantize_static.calibration_batches" in config) == ("quantize_static" in stages)
+    # none: 2 widths; each stage alone: its 2 knob values x 2 widths; both: 2 x 2 x 2. Each ran once, then the
+    # space was spent (as 4 x 2 x 2 x 2 = 32 unconditional configurations, it would have run all 30 trials).
+    assert len(configurations) == 2 + 4 + 4 + 8 == len({json.dumps(c, sort_keys=True) for c in configurations})

@@ -11,7 +11,8 @@ the whole sweep when one trial raises. Here:
   sweep goes on;
 - one objective or several (`direction: [maximize, minimize]`): the job returns one value per direction.
 Search space syntax is Hydra's, as in hydra-optuna-sweeper: `choice(a,b)`, `range(1,5)`, `interval(0,1)`,
-`tag(log, interval(1e-4,1e-1))`.
+`tag(log, interval(1e-4,1e-1))`. A group's option's knob (`compression.prune.sparsity` beside `compression`) is
+sampled only in trials that pick that option (space.py).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def sampler(name: str, seed: int | None, space: dict[str, Any], multi_objective:
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)  # group: conditional knobs
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":

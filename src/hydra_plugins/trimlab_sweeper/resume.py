@@ -5,8 +5,8 @@
   the configuration, so it is neither skipped nor counted as finished.
 - The sampler of a resumed study is seeded from (seed, trials already in the study): with the seed alone a
   re-run replays the sampler's sequence from the start and re-runs the configurations already tried.
-- A proposal that repeats a completed trial is not run: it is recorded as failed (`duplicate_of`), not counted,
-  and the sampler asked again.
+- A proposal that repeats a completed trial is not run: it is answered with that trial's values (`duplicate_of`),
+  not counted towards n_trials, and the sampler asked again.
 """
 
 from __future__ import annotations
@@ -64,19 +64,23 @@ def counted(trial) -> bool:
 
 
 def ask_new(study, space: dict[str, Any]):
-    """A trial whose configuration no completed trial had; None when the sampler keeps proposing only those."""
+    """A trial whose configuration no completed trial had (its parameters sampled define-by-run: space.py); None
+    when the sampler keeps proposing only those."""
     from optuna.trial import TrialState
 
+    from hydra_plugins.trimlab_sweeper.space import sample
+
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    completed = {params_key(t.params): t.number for t in done}
+    completed = {params_key(t.params): t for t in done}
     for _ in range(ASKS_PER_TRIAL):
-        trial = study.ask(space)
-        twin = completed.get(params_key(trial.params))
+        trial = study.ask()
+        twin = completed.get(params_key(sample(trial, space)))
         if twin is None:
             return trial
-        study._storage.set_trial_system_attr(trial._trial_id, "duplicate_of", twin)
-        tell(study, trial, state=TrialState.FAIL)
-        log.info("trial %d repeats completed trial %d: not run", trial.number, twin)
+        # Answered from the earlier result, not run: the sampler learns the value, n_trials does not count it.
+        study._storage.set_trial_system_attr(trial._trial_id, "duplicate_of", twin.number)
+        tell(study, trial, twin.values, TrialState.COMPLETE)
+        log.info("trial %d repeats completed trial %d: answered from its result, not run", trial.number, twin.number)
     log.warning("the sampler proposed only configurations already completed (%d tries): the search space "
                 "looks exhausted, the sweep stops here", ASKS_PER_TRIAL)  # fmt: skip
     return None
