@@ -212,3 +212,19 @@ def test_cost_covers_the_whole_fit_when_an_earlier_epoch_is_tested(tmp_path):
     summary = json.loads((Path(result.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
     assert summary["cost"]["train_samples"] == 2 * 1257
     assert summary["cost"]["train_time_s"] >= summary["cost"]["time_to_target_s"]
+
+
+def test_the_plain_pytorch_reference_trains_the_same_model(digits_run, tmp_path):
+    """make bench-train times trimlab against experiments/training/plain.py: a hand-written loop over the same
+    data, model, optimizer and schedule. It is a fair reference only while both train the identical model."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "training" / "plain.py"
+    spec = importlib.util.spec_from_file_location("plain_reference", script)
+    plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+    result = plain.fit(plain.compose_cfg(FAST, str(tmp_path)), "val/acc:0.5")
+    summary = json.loads((digits_run[0] / "summary.json").read_text())
+    assert [acc for _, acc in result["val_curve"]] == [acc for _, acc in summary["cost"]["val_curve"]]
+    assert result["test_acc"] == pytest.approx(summary["metrics"]["test/acc"], abs=1e-6)
+    assert result["time_to_target_s"] == result["val_curve"][0][0] and len(result["val_curve"]) == 2
