@@ -221,26 +221,49 @@ def test_dynamic_quantization_of_a_transformer(tmp_path):
 
 
 def test_qat_fine_tunes_fake_quantized_weights_then_converts_to_int8(tmp_path):
-    seen = {}
+    from types import SimpleNamespace
 
-    def finetune(model, epochs, callbacks, lr_factor=1.0):
+    seen = {"rates": [], "epoch_states": {}}
+    val_losses = {0.01: [0.9, 0.8], 0.1: [0.5, 0.7]}  # what validation says after each epoch, per rate
+
+    def finetune(model, epochs, callbacks, lr_factor=1.0):  # a fit as Lightning runs it, callbacks included
         model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        for inputs, target in context.datamodule.train_dataloader():
-            loss = F.cross_entropy(model(inputs), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1 * lr_factor)
+        module = SimpleNamespace(backbone=model)
+        for epoch in range(epochs):
+            for inputs, target in context.datamodule.train_dataloader():
+                loss = F.cross_entropy(model(inputs), target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            seen["epoch_states"][(lr_factor, epoch)] = {k: v.clone() for k, v in model.state_dict().items()}
+            trainer = SimpleNamespace(callback_metrics={"val/loss": torch.tensor(val_losses[lr_factor][epoch])},
+                                      sanity_checking=False, current_epoch=epoch)  # fmt: skip
+            for callback in callbacks:
+                callback.on_validation_end(trainer, module)
+        for callback in callbacks:
+            callback.on_fit_end(None, module)
+        seen["rates"].append(lr_factor)
         seen["fake_quant"] = sum("FakeQuantize" in type(m).__name__ for m in model.graph_module.modules())
+        seen.setdefault("final_states", {})[lr_factor] = model.state_dict()
         return model
 
     model, context = cnn_context(tmp_path, finetune)
-    stage = QuantizationAwareTraining(epochs=1, calibration_batches=2)
+    stage = QuantizationAwareTraining(epochs=2, lr_factors=[0.01, 0.1], calibration_batches=2)
     quantized = stage.apply(model, context)
     assert seen["fake_quant"] >= 3  # weights and activations were fake-quantized while training
-    assert stage.facts()["int8_ops"]["int8_tensors"] == 3
+    assert seen["rates"] == [0.01, 0.1]  # one fine-tune per rate, each from the same calibrated start
+    facts = stage.facts()
+    assert facts["qat_lr_factor"] == 0.1 and facts["qat_best_epoch"] == 0  # the lowest val/loss of all: 0.5
+    assert facts["qat_val_loss"] == {"0.01": 0.8, "0.1": 0.5}
+    kept, best = seen["final_states"][0.1], seen["epoch_states"][(0.1, 0)]
+    assert all(torch.equal(kept[k], best[k]) for k in best)  # the fit ended with its best epoch's weights
+    assert not all(torch.equal(kept[k], seen["epoch_states"][(0.1, 1)][k]) for k in best)
+    assert facts["int8_ops"]["int8_tensors"] == 3
     reloaded = saved_program_outputs(quantized, context, tmp_path)
     assert torch.equal(reloaded(context.sample), quantized(context.sample))
+    with pytest.raises(ConfigError, match="must be a list of rates"):
+        QuantizationAwareTraining(lr_factors=0.1)
 
 
 def test_bf16_stage_runs_in_bfloat16_and_returns_float32(tmp_path):

@@ -6,16 +6,20 @@ eager mode is *slower* than fp32 on CPU; the speedup comes from the fused int8 k
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import Counter
 from itertools import islice
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from trimlab.batches import first_test_inputs, forward
 from trimlab.compression.artifact import export_program, strip_dead_weights
 from trimlab.compression.base import Context, Stage, check_count, check_positive, max_length
+from trimlab.errors import ConfigError
 
 _LIFT_PASS: list[Any] = []  # the inductor pass torchao's x86 quantizer installs process-wide on import
 
@@ -121,27 +125,58 @@ class TrainableGraph(nn.Module):
         return self.graph_module(*args, **kwargs)
 
 
-class QuantizationAwareTraining(QuantizeStatic):
-    """Fake-quantized fine-tuning, so the weights learn to live with int8 rounding; then converted to int8."""
+class BestOnVal(pl.Callback):
+    """Keeps the weights of the epoch with the lowest val/loss and ends the fit with them: the fine-tune's length
+    is chosen on validation, not fixed."""
 
-    def __init__(self, epochs: int = 2, lr_factor: float = 0.1, calibration_batches: int = 8) -> None:
+    def __init__(self) -> None:
+        self.loss, self.epoch, self.state = math.inf, None, None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is not None and not trainer.sanity_checking and float(loss) < self.loss:
+            self.loss, self.epoch = float(loss), int(trainer.current_epoch)
+            self.state = copy.deepcopy(pl_module.backbone.state_dict())
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.state is not None:
+            pl_module.backbone.load_state_dict(self.state)
+
+
+class QuantizationAwareTraining(QuantizeStatic):
+    """Fake-quantized fine-tuning, so the weights learn to live with int8 rounding; then converted to int8. The
+    fine-tune runs once per learning rate (the task's × each of `lr_factors`), each for up to `epochs` epochs,
+    and the run keeps the rate and epoch with the lowest val/loss: QAT wants a far smaller rate than training,
+    and which one depends on the model."""
+
+    def __init__(self, epochs: int = 2, lr_factors: Any = (0.01, 0.1), calibration_batches: int = 8) -> None:
         super().__init__(calibration_batches)
         self.epochs = check_count("qat.epochs", epochs, 1)
-        self.lr_factor = check_positive("qat.lr_factor", lr_factor)
+        if isinstance(lr_factors, str | int | float) or not len(lr_factors):  # a list (or Hydra's ListConfig)
+            raise ConfigError(f"compression.qat.lr_factors={lr_factors!r} must be a list of rates, e.g. [0.01,0.1]")
+        self.lr_factors = [check_positive("qat.lr_factors[]", f) for f in lr_factors]
+        self.chosen: dict[str, Any] = {}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
         prepared = TrainableGraph(prepare_qat_pt2e(capture(model.train(), context), quantizer(qat=True)))
         calibrate(prepared.eval(), context, self.calibration_batches)  # initial ranges before the first step
-        prepared = context.finetune(prepared, self.epochs, [], self.lr_factor)
+        tried = []
+        for factor in self.lr_factors:
+            best = BestOnVal()
+            tuned = context.finetune(copy.deepcopy(prepared), self.epochs, [best], factor)
+            tried.append((best.loss, factor, best.epoch, tuned))
+        loss, factor, epoch, prepared = min(tried, key=lambda t: t[0])
+        self.chosen = {"qat_lr_factor": factor, "qat_best_epoch": epoch,
+                       "qat_val_loss": {str(f): round(v, 5) for v, f, _, _ in tried}}  # fmt: skip
         prepared.eval()
         converted = strip_dead_weights(convert_pt2e(prepared.graph_module))
         self.ops = int8_ops(converted)
         return converted
 
     def facts(self) -> dict[str, Any]:
-        return {"int8_ops": self.ops, "qat_epochs": self.epochs}
+        return {"int8_ops": self.ops, "qat_epochs": self.epochs, **self.chosen}
 
 
 def cast_inputs(model: nn.Module, dtype: torch.dtype) -> nn.Module:
