@@ -161,6 +161,11 @@ def test_feature_cache_trains_on_the_front_end_s_features_and_gives_the_waveform
     assert train.inputs is clips and train.dataset.inputs is clips and datamodule.augment_batch(batch) is batch
     with pytest.raises(ConfigError, match="has no log-mel front end"):
         method.check(None, Seen())
+    distilled = {"compression": {"distill": {"_target_": "trimlab.compression.distillation.Distill", "cache": False}}}
+    with pytest.raises(ConfigError, match="would feed the teacher the student's cached features"):
+        method.configure(OmegaConf.create(distilled))
+    distilled["compression"]["distill"]["cache"] = True
+    method.configure(OmegaConf.create(distilled))  # cached teacher logits come from the waveforms: allowed
 
 
 def test_a_method_for_another_modality_or_strategy_fails_before_training(tmp_path):

@@ -50,6 +50,17 @@ class FeatureCache(pl.Callback):
     def __init__(self) -> None:
         self.shift_frames, self.gain_db, self.shape = 0, 0.0, None
 
+    def configure(self, cfg: Any) -> None:
+        """Before anything is built: a teacher that runs during the fit (distill with cache=false) would be fed
+        the student's cached features instead of waveforms."""
+        from omegaconf import OmegaConf
+
+        distill = OmegaConf.select(cfg, "compression.distill", default=None)
+        if OmegaConf.is_dict(distill) and "_target_" in distill and distill.get("cache", True) is False:
+            raise ConfigError("speedup=feature_cache with compression.distill.cache=false would feed the teacher the "
+                              "student's cached features; use compression.distill.cache=true (the teacher's logits "
+                              "are then computed once, from the waveforms)")  # fmt: skip
+
     def check(self, datamodule: Any, backbone: nn.Module) -> None:
         if frontend_of(backbone) is None:
             raise ConfigError(f"speedup=feature_cache: {type(backbone).__name__} has no log-mel front end "
