@@ -198,6 +198,8 @@ def test_proposals_repeating_completed_trials_are_not_run(tmp_path, caplog):
     for repeat in (t for t in trials if "duplicate_of" in t.system_attrs):  # answered from the earlier result
         twin = trials[repeat.system_attrs["duplicate_of"]]
         assert repeat.params == twin.params and repeat.values == twin.values
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert best.completed == 2 and [b.number for b in best.best] == [run[0].number]  # a trial that ran, once
 
 
 def test_a_stage_s_knobs_are_sampled_only_in_trials_that_pick_the_stage(tmp_path):

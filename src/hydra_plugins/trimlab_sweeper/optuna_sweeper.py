@@ -246,8 +246,12 @@ class OptunaSweeper(Sweeper):
         return (values if len(values) > 1 else values[0]), TrialState.COMPLETE
 
     def report(self, study, sweep_dir: Path) -> None:
-        completed = [t for t in study.trials if t.state.name == "COMPLETE"]
+        trials = study.trials
+        completed = [t for t in trials if t.state.name == "COMPLETE" and resume.counted(t)]
         best = study.best_trials if len(self.directions) > 1 else ([study.best_trial] if completed else [])
+        # A repeat answered from an earlier trial's result has no run of its own: name the trial that ran.
+        ran = {t.number: t for t in (trials[t.system_attrs.get("duplicate_of", t.number)] for t in best)}
+        best = sorted(ran.values(), key=lambda t: t.number)
         lines = {"study": self.study_name, "directions": self.directions, "trials": len(study.trials),
                  "completed": len(completed),
                  "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best]}  # fmt: skip

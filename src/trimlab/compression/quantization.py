@@ -168,8 +168,8 @@ class QuantizationAwareTraining(QuantizeStatic):
             tuned = context.finetune(copy.deepcopy(prepared), self.epochs, [best], factor)
             tried.append((best.loss, factor, best.epoch, tuned))
         loss, factor, epoch, prepared = min(tried, key=lambda t: t[0])
-        self.chosen = {"qat_lr_factor": factor, "qat_best_epoch": epoch,
-                       "qat_val_loss": {str(f): round(v, 5) for v, f, _, _ in tried}}  # fmt: skip
+        losses = {str(f): round(v, 5) if math.isfinite(v) else None for v, f, _, _ in tried}  # None: no validation
+        self.chosen = {"qat_lr_factor": factor, "qat_best_epoch": epoch, "qat_val_loss": losses}
         prepared.eval()
         converted = strip_dead_weights(convert_pt2e(prepared.graph_module))
         self.ops = int8_ops(converted)
