@@ -36,7 +36,7 @@ class TinyData:
     def train_dataloader(self):
         return self.batches
 
-    test_dataloader = train_dataloader
+    test_dataloader = val_dataloader = train_dataloader
 
 
 def cnn_context(tmp_path, finetune=None) -> tuple[nn.Module, Context]:
@@ -204,6 +204,31 @@ def test_static_quantization_puts_int8_ops_in_the_graph_and_the_program_reloads(
     reloaded = saved_program_outputs(quantized, context, tmp_path)
     assert torch.equal(reloaded(context.sample), output)
     assert reloaded(context.sample[:1]).shape == (1, 4)  # dynamic batch: batch 1 runs too
+
+
+def test_skip_sensitive_keeps_the_layer_whose_int8_costs_most_val_accuracy_in_fp32(tmp_path):
+    model, context = cnn_context(tmp_path)
+    data = context.datamodule
+    with torch.no_grad():
+        # The same function, but the second conv's input has one channel 3000x the others (the first conv's
+        # channel 0 up, the second conv's weights on it down; BN of a fresh model and ReLU pass the scale on):
+        # int8 of that input, one scale per tensor, rounds the other channels away.
+        model.features[0][0].weight[0] *= 3000
+        model.features[2][0].weight[:, 0] /= 3000
+        data.batches = [(inputs, model(inputs).argmax(-1)) for inputs, _ in data.batches]  # fp32 gets all right
+    stage = QuantizeStatic(calibration_batches=4, skip_sensitive=1)
+    quantized = stage.apply(model, context)
+    facts = stage.facts()
+    rise = facts["int8_val_loss_rise"]
+    assert sorted(rise) == sorted(facts["int8_val_acc_loss_pt"]) == ["features.0.0", "features.2.0", "head.3"]
+    assert facts["kept_fp32"] == ["features.2.0"] and rise["features.2.0"] > 10 * max(rise["features.0.0"],
+                                                                                      rise["head.3"])  # fmt: skip
+    assert facts["int8_ops"]["int8_tensors"] == 2  # the other two layers are int8
+    everything = QuantizeStatic(calibration_batches=4).apply(model, context)
+    errors = [max(float((m(x) - model(x)).abs().max()) for x, _ in data.batches) for m in (quantized, everything)]
+    assert errors[0] < errors[1]  # closer to fp32 (the pooled input of that conv may still be int8)
+    with pytest.raises(ConfigError, match="quantize_static.skip_sensitive"):
+        QuantizeStatic(skip_sensitive=-1)
 
 
 def test_dynamic_quantization_of_a_transformer(tmp_path):

@@ -16,7 +16,8 @@ from trimlab.errors import ConfigError
 TOP = ["checkpoint", "config", "cost", "data", "env", "finished_at", "metrics", "overrides", "run_dir", "run_id",
        "started_at", "status", "task_name"]  # fmt: skip
 METRICS = ["confusion_matrix", "per_class", "sklearn", "test/acc", "test/auroc_macro", "test/f1_macro", "test/loss",
-           "test/precision_macro", "test/recall_macro", "test_samples", "train/loss_final"]  # fmt: skip
+           "test/precision_macro", "test/recall_macro", "test_samples", "train/loss_final", "val/acc",
+           "val/loss"]  # fmt: skip
 COST = ["first_step_s", "first_step_unix", "flops_per_sample", "latency_batch_size", "latency_ms_p50",
         "latency_ms_p50_eager", "latency_ms_p95", "latency_repeats", "nonzero_params", "params", "peak_mem_mb",
         "peak_mem_mb_total", "price_per_hour", "price_usd", "processes", "size_bytes", "step_time_ms_median",
@@ -92,7 +93,7 @@ def test_the_lists_derived_from_the_schema_are_those_kept_by_hand_before():
     from trimlab.compression import chain
 
     scores = ("test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro")
-    assert scores == evaluate.HEADLINE and (*scores, "test/loss") == sweep.METRICS
+    assert scores == evaluate.HEADLINE and (*scores, "test/loss", "val/acc") == sweep.METRICS
     assert chain.HEADLINE == ("test/acc", "test/f1_macro", "test/auroc_macro") == semi.HEADLINE[:3]
     assert semi.HEADLINE[3:] == ("test/loss",)
     assert schema.names(carried=True) == ("params", "trainable_params", "nonzero_params", "flops_per_sample")

@@ -68,8 +68,20 @@ def predict_logits(model: nn.Module, loader: Any, precision: Any = None) -> tupl
 
 def evaluate_model(model: nn.Module, datamodule: Any, precision: Any = None) -> TestRecord:
     """The test record of any callable model: eager, exported or quantized."""
+    logits, targets = predict_logits(in_eval_mode(model), datamodule.test_dataloader(), precision)
+    return test_record(logits, targets, datamodule.class_names)
+
+
+def val_metrics(model: nn.Module, datamodule: Any, precision: Any = None) -> dict[str, float]:
+    """Accuracy and loss on the validation split, of the same model as the test record: what a search selects
+    on (hparams_search=cheapest_within), so that the test split is only reported, never chosen by."""
+    logits, targets = predict_logits(in_eval_mode(model), datamodule.val_dataloader(), precision)
+    return {"val/acc": float((logits.argmax(-1) == targets).float().mean()),
+            "val/loss": float(F.cross_entropy(logits, targets))}  # fmt: skip
+
+
+def in_eval_mode(model: Any) -> Any:
     # An exported program refuses .eval() (it is fixed already); a deployed runtime's runner has none.
     if isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule):
         model.eval()
-    logits, targets = predict_logits(model, datamodule.test_dataloader(), precision)
-    return test_record(logits, targets, datamodule.class_names)
+    return model

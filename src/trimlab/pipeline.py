@@ -27,7 +27,7 @@ from trimlab.cost import RunClock, measure, peak_memory_mb
 from trimlab.csv_logger import CSVLogger
 from trimlab.data.base import ClassificationDataModule
 from trimlab.errors import ConfigError, Interrupted
-from trimlab.evaluation import evaluate_model
+from trimlab.evaluation import evaluate_model, val_metrics
 from trimlab.factory import build, make, make_backbone
 from trimlab.resume import source_run_dir
 from trimlab.schema import parse_target
@@ -157,6 +157,9 @@ def measure_cost(run: Run, trained: Trained) -> tuple[torch.nn.Module, dict]:
     deployable = deployable_backbone(cfg, datamodule, trained.checkpoint) if trained.checkpoint else run.task.backbone
     if trained.record is None:  # ddp_spawn: the test ran in worker processes, only its logged metrics came back
         trained.record = evaluate_model(deployable, datamodule, trainer.precision_plugin)
+    # In the dtype the run tested in (bf16-true converts the module, mixed precision only the compute).
+    in_run_precision = trainer.precision_plugin.convert_module(copy.deepcopy(deployable))
+    trained.record.metrics.update(val_metrics(in_run_precision, datamodule, trainer.precision_plugin))
     sample = first_test_inputs(datamodule)
     precision = trainer.precision_plugin
     cost = measure(deployable, sample, run.clock, cfg.cost, trained.device, precision, trained.peaks, not run.stages)

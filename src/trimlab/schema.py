@@ -77,6 +77,9 @@ BUILTIN: tuple[Figure, ...] = (
     _metric("test/auroc_macro", "fraction", stage=True, round1=True, console=True, **SCORE),
     _metric("test/loss", "nats", "lower", round1=True, compared=True),
     _metric("test_samples", "samples", "none"),
+    # The same model on the validation split: what a search's objective and constraints read (test is reported).
+    _metric("val/acc", "fraction", compared=True),
+    _metric("val/loss", "nats", "lower"),
     _metric("train/loss_final", "nats", "lower", phase="training"),
     # Serving: measured on the deployable model after test, and for a compressed run after each stage.
     Figure("params", "", "lower", carried=True, report=True, **SHOWN),

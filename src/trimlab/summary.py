@@ -93,7 +93,7 @@ def completed(run: Any, trained: Trained, cost: dict, compressed: Any) -> dict[s
         **compressed.final.metrics,
         **{k: v for k, v in metrics.items() if k.startswith("train/")},
         # The trained (uncompressed) model's test metrics: what trimlab-eval ckpt=best reproduces.
-        "trained": {k: v for k, v in metrics.items() if k.startswith("test/")},
+        "trained": {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
         "baseline": compressed.baseline_metrics,
         "after": compressed.metrics_after,
     }

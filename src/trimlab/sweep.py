@@ -139,6 +139,9 @@ def write_summary(sweep_dir: Path, elsewhere: Iterable[Path] = ()) -> list[dict[
     failed = sum(r["status"] == "failed" for r in rows)
     interrupted = sum(r["status"] == "interrupted" for r in rows)
     summary = {"jobs": len(rows), "failed": failed, "interrupted": interrupted, "rows": rows}
+    results = sweep_dir / "optimization_results.yaml"  # a constrained search's winner (hydra.sweeper.within)
+    if results.is_file() and "within" in (search := OmegaConf.load(results)):
+        summary["within"] = OmegaConf.to_container(search.within)
     write_json(sweep_dir / "sweep_summary.json", summary)
     buffer = io.StringIO()
     fields = list(dict.fromkeys(key for row in rows for key in row))  # a job may add cost figures of its own

@@ -38,9 +38,11 @@ def as_compare_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"run": r["job"], **{k.removeprefix("cost."): v for k, v in r.items() if v is not None}} for r in rows]
 
 
-def write_pareto(sweep_dir: Path, rows: list[dict[str, Any]], objectives: list[str], tolerance_pt: float = 1.0):
+def write_pareto(sweep_dir: Path, rows: list[dict[str, Any]], objectives: list[str], tolerance_pt: float = 1.0,
+                 announce: bool = True):  # fmt: skip
     """pareto.png in the sweep dir; None when fewer than two jobs completed. Refused (an error the caller logs)
-    when the jobs timed serving cost differently and the plot's cost is a serving one."""
+    when the jobs timed serving cost differently and the plot's cost is a serving one. `announce`: print the
+    plot's pick (a constrained search names its own winner, chosen on validation)."""
     from trimlab import pareto
     from trimlab.compare import fmt
 
@@ -51,7 +53,7 @@ def write_pareto(sweep_dir: Path, rows: list[dict[str, Any]], objectives: list[s
     pareto.check_alike(runs, cost)
     png = sweep_dir / "pareto.png"
     _, pick = pareto.pareto(runs, metric, cost, tolerance_pt, png)
-    if pick is not None:
+    if pick is not None and announce:
         print(f"sweep: cheapest run within {tolerance_pt} pt of the best {metric}: {pick['run']} "
               f"({metric} {pick[metric]:.4f}, {cost} {fmt(pick[cost])}); plot: {png}", flush=True)  # fmt: skip
     return png
@@ -92,7 +94,8 @@ def report(config: DictConfig, sweep_dir: Path, rows: list[dict[str, Any]], obje
     `optimized_metric` keys (trimlab.sweep reads them; this module imports nothing that imports it back)."""
     png = None
     try:
-        png = write_pareto(sweep_dir, rows, objectives)
+        constrained = OmegaConf.select(config, "hydra.sweeper.within") is not None
+        png = write_pareto(sweep_dir, rows, objectives, announce=not constrained)
     except Exception as err:  # noqa: BLE001 - a plot that fails is logged, not fatal
         log.warning("sweep Pareto plot not written (%s: %s)", type(err).__name__, err)
     try:

@@ -72,10 +72,10 @@ class ClassificationTask(pl.LightningModule):
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        inputs, target, *teacher_logits = batch  # a batch carries a teacher's logits when they were cached
+        inputs, target, *teacher = batch  # a batch carries a teacher's logits (and states) when they were cached
         logits = self(inputs)
         if self.distillation is not None:
-            loss = self.distillation(logits, target, teacher_logits[0] if teacher_logits else None, inputs)
+            loss = self.distillation(logits, target, teacher[0] if teacher else None, inputs, *teacher[1:])
         else:
             loss = self.loss(logits, target)
         if self.train_metrics is not None:
@@ -124,7 +124,9 @@ class ClassificationTask(pl.LightningModule):
     def configure_optimizers(self):
         # Every weight, frozen ones included: with no gradient they are skipped, and unfreezing one later
         # (transfer.FreezeBackbone) needs no new param group outside the schedule.
-        optimizer = self.optimizer_factory(params=list(self.parameters()))
+        # And what a distillation loss learns beside the model (a hidden-state projection), never saved with it.
+        extra = list(self.distillation.parameters()) if hasattr(self.distillation, "parameters") else []
+        optimizer = self.optimizer_factory(params=list(self.parameters()) + extra)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

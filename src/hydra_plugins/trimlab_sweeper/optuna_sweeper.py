@@ -9,7 +9,8 @@ the whole sweep when one trial raises. Here:
   again first (so does a kill, found on the re-run as a trial still marked running);
 - a job that fails (trimlab records it as failed in its summary) is told to optuna as a failed trial, and the
   sweep goes on;
-- one objective or several (`direction: [maximize, minimize]`): the job returns one value per direction.
+- one objective or several (`direction: [maximize, minimize]`): the job returns one value per direction;
+- `within`: the cheapest model whose val accuracy stays within tolerance of a baseline (constrained.py).
 Search space syntax is Hydra's, as in hydra-optuna-sweeper: `choice(a,b)`, `range(1,5)`, `interval(0,1)`,
 `tag(log, interval(1e-4,1e-1))`. A group's option's knob (`compression.prune.sparsity` beside `compression`) is
 sampled only in trials that pick that option (space.py).
@@ -31,6 +32,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.trimlab_sweeper import resume
+from hydra_plugins.trimlab_sweeper.constrained import Within
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,12 @@ def distribution(override: Override) -> Any:
     raise ValueError(f"{override.key_or_group}: use choice(), range(), interval() or tag(log, interval())")
 
 
-def sampler(name: str, seed: int | None, space: dict[str, Any], multi_objective: bool):
+def sampler(name: str, seed: int | None, space: dict[str, Any]):
+    """TPE and NSGA-II model a trial's constraints (`Trial.set_constraint`), random and grid ignore them."""
     import optuna
 
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)  # group: conditional knobs
+    if name == "tpe":  # group: the conditional knobs (space.py)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
@@ -88,6 +91,7 @@ class OptunaSweeper(Sweeper):
         n_jobs: int = 1,
         seed: int | None = 42,
         params: dict[str, str] | None = None,
+        within: Any = None,
     ) -> None:
         self.study_name, self.sampler_name, self.seed = study_name, sampler, seed
         directions = OmegaConf.to_container(direction) if OmegaConf.is_config(direction) else direction
@@ -95,6 +99,11 @@ class OptunaSweeper(Sweeper):
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
         self.params = dict(params or {})
         self.config: DictConfig | None = None
+        self.within = Within.of(within)
+        if self.within and len(self.directions) != 1:
+            from trimlab.errors import fail
+
+            fail("hydra.sweeper.within needs one objective (the cost); set one optimized_metric and one direction")
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -119,16 +128,17 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        multi = len(self.directions) > 1
         study = optuna.create_study(
             study_name=self.study_name, storage=f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}",
-            sampler=sampler(self.sampler_name, self.seed, space, multi), directions=self.directions,
+            sampler=sampler(self.sampler_name, self.seed, space), directions=self.directions,
             load_if_exists=True,
         )  # fmt: skip
         resume.mark_killed(study)
         if study.trials:  # resumed: a sampler seeded as the first run would propose the same trials again
             seed = resume.resumed_seed(self.seed, len(study.trials))
-            study.sampler = sampler(self.sampler_name, seed, space, multi)
+            study.sampler = sampler(self.sampler_name, seed, space)
+        if self.within:
+            self.within.enqueue_baseline(study, space)
         return study
 
     def finished(self, study) -> int:
@@ -158,8 +168,10 @@ class OptunaSweeper(Sweeper):
         """Ask, launch and tell until n_trials are finished; a signal records the trials it cut short and stops."""
         pending: list[tuple[int, Any]] = []  # (job number, trial) of the trials launched and not yet told
         try:
-            while (remaining := self.n_trials - self.finished(study)) > 0:
-                trials = [t for _ in range(min(self.n_jobs, remaining)) if (t := resume.ask_new(study, space))]
+            while (remaining := self.n_trials - self.finished(study)) > 0 and not self.stalled(study):
+                # The baseline runs alone: every other trial's constraint is read against its result.
+                at_once = 1 if self.within and self.within.baseline_value(study) is None else self.n_jobs
+                trials = [t for _ in range(min(at_once, remaining)) if (t := resume.ask_new(study, space))]
                 if not trials:
                     return
                 # Job numbers follow trial numbers, so run dir `3_<id>` is trial 3.
@@ -168,12 +180,29 @@ class OptunaSweeper(Sweeper):
                 for result in self.launcher.launch(batch, initial_job_idx=trials[0].number):
                     if result.status.name == "FAILED" and self.interruption(result._return_value):
                         raise result._return_value
-                    resume.tell(study, pending.pop(0)[1], *self.outcome(result))
+                    trial, (values, state) = pending.pop(0)[1], self.outcome(result)
+                    if self.within and state.name == "COMPLETE":
+                        self.within.record(study, trial, Path(result.hydra_cfg.hydra.runtime.output_dir))
+                    resume.tell(study, trial, values, state)
+                if self.within:
+                    self.within.check_baseline(study)
         except BaseException as err:
             stop = self.interruption(err)
             if stop is None:
                 raise
             self.stop(study, sweep_dir, pending, *stop)
+
+    def stalled(self, study) -> bool:
+        if self.within is None:
+            return False
+        if self.within.stalled(self.counted(study), self.directions[0] == "maximize"):
+            log.info("no cheaper feasible model in the last %d trials: the search stops", self.within.patience)
+            return True
+        return False
+
+    def counted(self, study) -> list:
+        finished = ("COMPLETE", "FAIL", "PRUNED")
+        return [t for t in study.get_trials(deepcopy=False) if t.state.name in finished and resume.counted(t)]
 
     def catch_signals(self) -> dict[int, Any]:
         """While trials run, SIGINT and SIGTERM raise KeyboardInterrupt and the signal's name is kept: Lightning
@@ -222,6 +251,8 @@ class OptunaSweeper(Sweeper):
             summary = mark_interrupted(sweep_dir, job_dir, reason) if job_dir else {}
             if summary.get("status") == "completed":
                 values = objective(self.config, summary)
+                if self.within and values is not None:
+                    self.within.record(study, trial, job_dir)
                 resume.tell(study, trial, values, TrialState.COMPLETE if values is not None else TrialState.FAIL)
                 continue
             resume.mark_interrupted(study, trial._trial_id, trial.number, trial.params, reason)
@@ -249,12 +280,16 @@ class OptunaSweeper(Sweeper):
         trials = study.trials
         completed = [t for t in trials if t.state.name == "COMPLETE" and resume.counted(t)]
         best = study.best_trials if len(self.directions) > 1 else ([study.best_trial] if completed else [])
+        best = [] if self.within else best  # with a constraint: the cheapest feasible trial, named below
         # A repeat answered from an earlier trial's result has no run of its own: name the trial that ran.
         ran = {t.number: t for t in (trials[t.system_attrs.get("duplicate_of", t.number)] for t in best)}
         best = sorted(ran.values(), key=lambda t: t.number)
         lines = {"study": self.study_name, "directions": self.directions, "trials": len(study.trials),
                  "completed": len(completed),
                  "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best]}  # fmt: skip
+        if self.within:
+            lines["within"] = self.within.summary(self.counted(study), self.directions[0] == "maximize")
+            self.within.announce(lines["within"]["winner"], str(self.config.optimized_metric))
         OmegaConf.save(OmegaConf.create(lines), sweep_dir / "optimization_results.yaml")
         for trial in best:
             log.info("best trial %d: %s with %s", trial.number, trial.values, trial.params)

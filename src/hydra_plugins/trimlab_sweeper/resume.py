@@ -43,10 +43,11 @@ def mark_interrupted(study, trial_id: int, number: int, params: dict[str, Any], 
     """Record a trial cut short as failed (with why) and queue its configuration to run again."""
     from optuna.trial import TrialState
 
+    baseline = study._storage.get_trial(trial_id).user_attrs.get("baseline")  # a constrained search's reference
     study._storage.set_trial_system_attr(trial_id, "interrupted", reason)
     study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
     if params:
-        study.enqueue_trial(params, user_attrs={"retry_of": number})
+        study.enqueue_trial(params, user_attrs={"retry_of": number, **({"baseline": True} if baseline else {})})
     log.warning("trial %d was interrupted (%s): recorded as failed, its configuration runs again", number, reason)
 
 
@@ -68,6 +69,7 @@ def ask_new(study, space: dict[str, Any]):
     when the sampler keeps proposing only those."""
     from optuna.trial import TrialState
 
+    from hydra_plugins.trimlab_sweeper.constrained import ATTRS
     from hydra_plugins.trimlab_sweeper.space import sample
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -79,6 +81,11 @@ def ask_new(study, space: dict[str, Any]):
             return trial
         # Answered from the earlier result, not run: the sampler learns the value, n_trials does not count it.
         study._storage.set_trial_system_attr(trial._trial_id, "duplicate_of", twin.number)
+        for key in ATTRS:  # and a constrained search's metric and feasibility
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        for key, value in twin.constraints.items():
+            trial.set_constraint(key, value)
         tell(study, trial, twin.values, TrialState.COMPLETE)
         log.info("trial %d repeats completed trial %d: answered from its result, not run", trial.number, twin.number)
     log.warning("the sampler proposed only configurations already completed (%d tries): the search space "

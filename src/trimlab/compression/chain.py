@@ -21,7 +21,7 @@ from trimlab.batches import first_test_inputs
 from trimlab.compression import artifact
 from trimlab.compression.base import Context, Stage, max_length, resolved_cost_cfg
 from trimlab.cost import inference_cost
-from trimlab.evaluation import TestRecord, evaluate_model
+from trimlab.evaluation import TestRecord, evaluate_model, val_metrics
 from trimlab.factory import make
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,9 @@ def compress(cfg: Any, stages: list[Stage], model: nn.Module, datamodule: Any, r
     names = [stage.name for stage in stages]
     with artifact.staged(run_dir) as folder:  # compressed/ appears only once the reloaded model tests cleanly
         saved = artifact.save(model, any(s.exports for s in stages), sample, folder, names, length)
-        final = evaluate_model(artifact.load(folder.parent, cfg, datamodule, folder), datamodule)
+        loaded = artifact.load(folder.parent, cfg, datamodule, folder)
+        final = evaluate_model(loaded, datamodule)
+        final.metrics.update(val_metrics(loaded, datamodule))  # what a search selects on: see val_metrics
     gains = improvement(base_cost, previous_cost, saved, base_metrics, final.metrics)
     exporting = next((stage.name for stage in stages if stage.exports), None)
     return Compressed(names, saved, base_name, headline(base_metrics, {}), base_cost, metrics_after, cost_after,

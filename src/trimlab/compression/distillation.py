@@ -4,15 +4,20 @@ Loss (Hinton et al. 2015): α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)
 The teacher's logits over the train split are computed once, in the teacher's own input format (its tokenizer,
 its sample rate), and cached per (teacher checkpoint, data): a MiniLM teacher then costs one pass, not one per
 epoch, and can teach a student that reads text with another tokenizer. With `cache: false` the teacher runs on
-each student batch instead (same inputs needed; the student's augmentations then reach the teacher too).
+each student batch instead (same inputs needed; the student's augmentations then reach the teacher too: how
+vision and speech students see augmented inputs labelled by their teacher). A text student can instead learn from
+an augmented transfer set (`augment`, augment.py): variants of the train sentences, labelled once by the teacher,
+and a transformer student can match the teacher's hidden states at mapped layers too (`hidden`, hidden.py).
 The teacher is frozen, in eval mode, and held outside the student's module tree: never trained, never saved.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import time
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -23,10 +28,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trimlab.batches import forward
+from trimlab.compression.augment import TextAugment, vocabulary
 from trimlab.compression.base import Stage
+from trimlab.compression.hidden import HiddenStates, teacher_pass
 from trimlab.compression_checks import check_teacher_dir
 from trimlab.errors import ConfigError
-from trimlab.evaluation import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,13 @@ log = logging.getLogger(__name__)
 class DistillationLoss:
     """Callable the task uses in place of its cross-entropy (a plain object: the teacher stays unregistered)."""
 
-    def __init__(self, temperature: float, alpha: float, teacher: nn.Module | None = None) -> None:
-        self.temperature, self.alpha, self.teacher = temperature, alpha, teacher
+    def __init__(self, temperature: float, alpha: float, teacher: nn.Module | None = None,
+                 hidden: HiddenStates | None = None) -> None:  # fmt: skip
+        self.temperature, self.alpha, self.teacher, self.hidden = temperature, alpha, teacher, hidden
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the task's optimizer trains beside the student: the hidden-state projection, if any."""
+        return self.hidden.parameters() if self.hidden is not None else []
 
     def teacher_logits(self, inputs: Any, device: torch.device) -> torch.Tensor:
         self.teacher.to(device).eval()
@@ -43,8 +54,9 @@ class DistillationLoss:
             return forward(self.teacher, inputs)
 
     def __call__(
-        self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None, inputs
-    ) -> torch.Tensor:
+        self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None, inputs,
+        teacher_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         if teacher is None:
             teacher = self.teacher_logits(inputs, logits.device)
         t = self.temperature
@@ -52,14 +64,18 @@ class DistillationLoss:
             F.log_softmax(logits.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
             log_target=True, reduction="batchmean",
         )  # fmt: skip
-        return self.alpha * t * t * soft + (1 - self.alpha) * F.cross_entropy(logits, target)
+        loss = self.alpha * t * t * soft + (1 - self.alpha) * F.cross_entropy(logits, target)
+        if self.hidden is not None and teacher_states is not None:
+            loss = loss + self.hidden.loss(inputs["attention_mask"], teacher_states)
+        return loss
 
 
 class WithTeacherLogits(Dataset):
-    """The student's train split with each item's cached teacher logits as a third element."""
+    """The student's train split with each item's cached teacher logits as a third element (and its pooled
+    hidden states as a fourth, with `hidden`)."""
 
-    def __init__(self, dataset: Any, logits: torch.Tensor) -> None:
-        self.dataset, self.logits = dataset, logits
+    def __init__(self, dataset: Any, logits: torch.Tensor, states: torch.Tensor | None = None) -> None:
+        self.dataset, self.logits, self.states = dataset, logits, states
         self.inputs, self.targets = dataset.inputs, dataset.targets  # samplers read lengths and labels
 
     def __len__(self) -> int:
@@ -67,14 +83,17 @@ class WithTeacherLogits(Dataset):
 
     def __getitem__(self, index: int):
         inputs, target = self.dataset[index]
-        return inputs, target, self.logits[index]
+        if self.states is None:
+            return inputs, target, self.logits[index]
+        return inputs, target, self.logits[index], self.states[index]
 
 
 class Distill(Stage):
     """Acts during the main fit (its option file declares `trains_main_fit`): listed first."""
 
     def __init__(self, teacher: str | None = None, temperature: float = 4.0, alpha: float = 0.7, cache: bool = True,
-                 cache_dir: str | None = None, untrained_teacher: bool = False) -> None:  # fmt: skip
+                 cache_dir: str | None = None, untrained_teacher: bool = False,
+                 augment: dict | None = None, hidden: dict | None = None) -> None:  # fmt: skip
         # untrained_teacher: a fast_dev_run's stand-in (checks.smoke_test_stand_ins), never a real teacher
         self.untrained = bool(untrained_teacher)
         self.teacher_dir = None if self.untrained else check_teacher_dir(teacher)
@@ -85,10 +104,22 @@ class Distill(Stage):
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "trimlab") / "teacher_logits"
         self.teacher: nn.Module | None = None
         self.teacher_data: Any = None
+        self.augment = TextAugment(**augment) if augment and not self.untrained else None  # a stand-in: plain
+        self.transfer_set: dict[str, Any] = {}
+        self.hidden = HiddenStates(**hidden) if hidden and not self.untrained else None
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
         from trimlab.factory import load_run
 
+        if self.hidden and not self.cache:
+            raise ConfigError("compression.distill.hidden caches the teacher's hidden states with its logits: use "
+                              "cache=true")  # fmt: skip
+        if self.augment and (datamodule.modality != "text" or not self.cache):
+            raise ConfigError(
+                "compression.distill.augment makes variants of text sentences for the teacher to label once: it needs "
+                "text data and cache=true (vision and speech students: cache=false, their augmentations reach the "
+                "teacher)"
+            )
         if self.untrained:
             return
         cfg, summary = load_run(self.teacher_dir)
@@ -119,39 +150,76 @@ class Distill(Stage):
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.teacher.eval()
+        if self.hidden:
+            self.hidden.attach(task.backbone, self.teacher)
         if self.cache:
-            train = datamodule.splits["train"]
-            datamodule.splits["train"] = WithTeacherLogits(train, self.cached_logits(datamodule))
-            task.distillation = DistillationLoss(self.temperature, self.alpha)
+            train, (logits, states) = datamodule.splits["train"], self.cached_logits(datamodule)
+            if self.augment:
+                train, logits, states = self.augmented(datamodule, train, logits, states)
+            datamodule.splits["train"] = WithTeacherLogits(train, logits, states)
+            task.distillation = DistillationLoss(self.temperature, self.alpha, hidden=self.hidden)
             return
         task.distillation = DistillationLoss(self.temperature, self.alpha, self.teacher)
 
-    def cached_logits(self, datamodule: Any) -> torch.Tensor:
+    def cached_logits(self, datamodule: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         student, teacher = datamodule.splits["train"], self.teacher_data.splits["train"]
         if len(student) != len(teacher) or not torch.equal(student.targets, teacher.targets):
             raise ConfigError(
                 f"the teacher's train split ({len(teacher)} items) is not the student's ({len(student)}): distill "
                 "on the same dataset and split settings (split_seed, val_fraction, labelled_fraction)"
             )
+        return self.teacher_logits(teacher, datamodule.num_classes, "train")
+
+    def augmented(self, datamodule: Any, train: Any, logits: torch.Tensor, states: torch.Tensor | None):
+        """The train split plus its variants (augment.py), with the teacher's logits on both; a variant's label
+        is the teacher's prediction."""
+        from trimlab.data.base import ArrayDataset
+
+        if train.texts is None:
+            raise ConfigError("compression.distill.augment: this train split keeps no sentences to vary")
+        texts, counts = self.augment.variants(train.texts, vocabulary(datamodule.tokenizer))
+        started = time.perf_counter()
+        for_teacher = ArrayDataset(self.teacher_data.encode(texts), torch.zeros(len(texts)))
+        variant_logits, variant_states = self.teacher_logits(for_teacher, datamodule.num_classes,
+                                                             json.dumps(self.augment.settings()))  # fmt: skip
+        self.transfer_set = {**self.augment.settings(), **counts, "train_items": len(train),
+                             "teacher_pass_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+        log.info("augmented transfer set: %d train items + %d variants", len(train), len(texts))
+        targets = torch.cat([train.targets, variant_logits.argmax(-1)])
+        both = ArrayDataset(list(train.inputs) + datamodule.encode(texts), targets)
+        return (
+            both,
+            torch.cat([logits, variant_logits]),
+            None if states is None else torch.cat([states, variant_states]),
+        )
+
+    def teacher_logits(self, dataset: Any, num_classes: int, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's logits over `dataset` (in the teacher's input format) and, with `hidden`, its pooled states
+        at the mapped layers; cached per (teacher checkpoint, its data, `what`): computed once, however many
+        students learn from them."""
         checkpoint = teacher_checkpoint(self.teacher_dir)
         stat = checkpoint.stat()
         key = f"{checkpoint.absolute()}|{stat.st_size}|{stat.st_mtime_ns}|{self.teacher_data.data_fingerprint}"
+        key += "" if what == "train" else f"|{what}"
+        layers = self.hidden.teacher_layers if self.hidden else None
+        key += f"|states:{layers}" if layers else ""
         path = self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
         if path.is_file():
             try:
-                logits = torch.load(path, weights_only=True)
-                if isinstance(logits, torch.Tensor) and logits.shape == (len(student), datamodule.num_classes):
-                    return logits
+                saved = torch.load(path, weights_only=True)
+                logits, states = (saved["logits"], saved["states"]) if isinstance(saved, dict) else (saved, None)
+                if logits.shape == (len(dataset), num_classes) and (states is None) == (layers is None):
+                    return logits, states
             except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
                 log.warning("teacher logits cache %s is unreadable: recomputing it", path)
-        log.info("computing the teacher's logits over %d train items (cached in %s)", len(teacher), path)
-        loader = DataLoader(teacher, batch_size=self.teacher_data.eval_batch_size, collate_fn=self.teacher_data.collate)
-        logits = predict_logits(self.teacher.eval(), loader)[0]
+        log.info("computing the teacher's logits over %d items (cached in %s)", len(dataset), path)
+        loader = DataLoader(dataset, batch_size=self.teacher_data.eval_batch_size, collate_fn=self.teacher_data.collate)
+        logits, states = teacher_pass(self.teacher.eval(), loader, layers)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a temp file
-        torch.save(logits, temporary)
+        torch.save(logits if states is None else {"logits": logits, "states": states}, temporary)
         temporary.replace(path)
-        return logits
+        return logits, states
 
     def baseline(self, model: nn.Module, datamodule: Any) -> tuple[nn.Module, Any, str]:
         """The model being compressed is the teacher: the ledger compares the student with it."""
@@ -164,6 +232,8 @@ class Distill(Stage):
             "temperature": self.temperature,
             "alpha": self.alpha,
             "cached_teacher_logits": self.cache,
+            **({"transfer_set": self.transfer_set} if self.transfer_set else {}),
+            **({"hidden": self.hidden.facts()} if self.hidden else {}),
         }
 
 

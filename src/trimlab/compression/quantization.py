@@ -43,10 +43,21 @@ def inductor_options() -> dict[str, Any]:
     return {"pre_grad_custom_pass": _LIFT_PASS[0]} if _LIFT_PASS else {}
 
 
-def quantizer(dynamic: bool = False, qat: bool = False):
+def quantizer(dynamic: bool = False, qat: bool = False, skip: tuple[str, ...] = (), only: str | None = None):
+    """The x86 quantizer for every layer but the modules named in `skip` (kept fp32), or for module `only`."""
     module = x86_quantizer_module()
     config = module.get_default_x86_inductor_quantization_config(is_dynamic=dynamic, is_qat=qat)
-    return module.X86InductorQuantizer().set_global(config)
+    if only is not None:
+        return module.X86InductorQuantizer().set_module_name_qconfig(only, config)
+    chosen = module.X86InductorQuantizer().set_global(config)
+    for name in skip:
+        chosen.set_module_name_qconfig(name, None)
+    return chosen
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The layers int8 acts on: convolutions and linear layers, by their module names."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear)]
 
 
 def capture(model: nn.Module, context: Context) -> torch.fx.GraphModule:
@@ -80,30 +91,62 @@ class Exported(Stage):
 
 
 class QuantizeStatic(Exported):
+    """`skip_sensitive=k`: the k layers whose int8 costs the most val accuracy stay fp32, as Intel Neural
+    Compressor's tuning does. Each layer is quantized alone and scored on the validation split first (one
+    calibration and one val pass per layer: cheap for the models here, linear in their layer count); equal
+    accuracy losses are ranked by the rise in val loss, which moves before any prediction flips."""
+
     dynamic = False
 
-    def __init__(self, calibration_batches: int = 32) -> None:
+    def __init__(self, calibration_batches: int = 32, skip_sensitive: int = 0) -> None:
         self.calibration_batches = check_count("calibration_batches", calibration_batches, 1)
+        self.skip_sensitive = check_count("quantize_static.skip_sensitive", skip_sensitive, 0)
         self.ops: dict[str, int] = {}
+        self.sensitivity: dict[str, tuple[float, float]] = {}  # layer -> (val acc lost in pt, val loss gained)
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-        prepared = prepare_pt2e(capture(model.eval(), context), quantizer(dynamic=self.dynamic))
-        calibrate(prepared, context, self.calibration_batches)
-        converted = strip_dead_weights(convert_pt2e(prepared))
+        graph = capture(model.eval(), context)
+        skipped = self.most_sensitive(graph, layer_names(model), context) if self.skip_sensitive else ()
+        converted = self.quantized(graph, context, quantizer(dynamic=self.dynamic, skip=skipped))
         self.ops = int8_ops(converted)
         return converted
 
+    def quantized(self, graph: torch.fx.GraphModule, context: Context, chosen: Any) -> torch.fx.GraphModule:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        prepared = prepare_pt2e(copy.deepcopy(graph), chosen)  # a copy: the graph is quantized once per layer
+        calibrate(prepared, context, self.calibration_batches)
+        return strip_dead_weights(convert_pt2e(prepared))
+
+    def most_sensitive(self, graph: torch.fx.GraphModule, layers: list[str], context: Context) -> tuple[str, ...]:
+        """The `skip_sensitive` layers whose int8 alone loses the most val accuracy (points, in `sensitivity`)."""
+        from trimlab.evaluation import val_metrics
+
+        reference = val_metrics(graph, context.datamodule)
+        for name in layers:
+            alone = val_metrics(self.quantized(graph, context, quantizer(dynamic=self.dynamic, only=name)),
+                                context.datamodule)  # fmt: skip
+            self.sensitivity[name] = (round(100 * (reference["val/acc"] - alone["val/acc"]), 3),
+                                      round(alone["val/loss"] - reference["val/loss"], 6))  # fmt: skip
+        return tuple(self.ranked()[: self.skip_sensitive])
+
+    def ranked(self) -> list[str]:
+        return sorted(self.sensitivity, key=lambda name: self.sensitivity[name], reverse=True)
+
     def facts(self) -> dict[str, Any]:
-        return {"int8_ops": self.ops, "activations": "dynamic" if self.dynamic else "static (calibrated)"}
+        facts = {"int8_ops": self.ops, "activations": "dynamic" if self.dynamic else "static (calibrated)"}
+        if self.skip_sensitive:
+            facts.update(kept_fp32=self.ranked()[: self.skip_sensitive],
+                         int8_val_acc_loss_pt={name: acc for name, (acc, _) in self.sensitivity.items()},
+                         int8_val_loss_rise={name: loss for name, (_, loss) in self.sensitivity.items()})  # fmt: skip
+        return facts
 
 
 class QuantizeDynamic(QuantizeStatic):
     dynamic = True
 
-    def __init__(self, calibration_batches: int = 1) -> None:
-        super().__init__(calibration_batches)
+    def __init__(self, calibration_batches: int = 1, skip_sensitive: int = 0) -> None:
+        super().__init__(calibration_batches, skip_sensitive)
 
 
 class TrainableGraph(nn.Module):

@@ -28,12 +28,14 @@ from trimlab.errors import ConfigError, DataError
 class ArrayDataset(Dataset):
     """Inputs (a tensor, or a list of per-item tensors such as token ids) with integer targets.
 
-    Knowing its targets lets every modality share label subsets and pseudo-labels (`subset`, `relabel`)."""
+    Knowing its targets lets every modality share label subsets and pseudo-labels (`subset`, `relabel`).
+    `texts`: a text split's raw sentences, for what works on words (distillation's augmented transfer set)."""
 
-    def __init__(self, inputs: torch.Tensor | list, targets: torch.Tensor) -> None:
+    def __init__(self, inputs: torch.Tensor | list, targets: torch.Tensor, texts: list[str] | None = None) -> None:
         if len(inputs) != len(targets):
             raise DataError(f"{len(inputs)} inputs but {len(targets)} labels")
         self.inputs, self.targets = inputs, torch.as_tensor(targets, dtype=torch.long)
+        self.texts = texts
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -43,12 +45,13 @@ class ArrayDataset(Dataset):
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
         indices = np.asarray(indices, dtype=np.int64)
+        texts = [self.texts[i] for i in indices] if self.texts is not None else None
         if isinstance(self.inputs, torch.Tensor):
-            return ArrayDataset(self.inputs[torch.as_tensor(indices)], self.targets[indices])
-        return ArrayDataset([self.inputs[i] for i in indices], self.targets[indices])
+            return ArrayDataset(self.inputs[torch.as_tensor(indices)], self.targets[indices], texts)
+        return ArrayDataset([self.inputs[i] for i in indices], self.targets[indices], texts)
 
     def relabel(self, targets: torch.Tensor) -> ArrayDataset:
-        return ArrayDataset(self.inputs, targets)
+        return ArrayDataset(self.inputs, targets, self.texts)
 
     @staticmethod
     def concat(first: ArrayDataset, second: ArrayDataset) -> ArrayDataset:

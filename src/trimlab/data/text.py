@@ -93,7 +93,7 @@ class TextDataModule(ClassificationDataModule):
         )
         self.use_tokenizer(self.make_tokenizer(rows["train"][0]))
         return {
-            split: ArrayDataset(self.encode(texts), torch.tensor([index[label] for label in labels]))
+            split: ArrayDataset(self.encode(texts), torch.tensor([index[label] for label in labels]), texts)
             for split, (texts, labels) in rows.items()
         }
 
