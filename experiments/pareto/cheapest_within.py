@@ -43,10 +43,11 @@ def nsga2_reference(tolerance_pt: float = 1.0) -> dict:
             "size_bytes": int(best["size_bytes"]), "test/acc": float(best["test/acc"])}  # fmt: skip
 
 
-def search(seed: int, trials: int, out: Path) -> dict:
+def search(seed: int, trials: int, out: Path, patience: str | None) -> dict:
     name = f"cheapest_within_seed{seed}"
     command = [str(BIN / "trimlab-train"), *SEARCH, f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.seed={seed}",
                f"hydra.sweeper.study_name={name}", f"hydra.sweep.dir={out / name}"]  # fmt: skip
+    command += [f"hydra.sweeper.within.patience={patience}"] if patience is not None else []
     print("$", " ".join(command[1:]), flush=True)
     started = time.monotonic()
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
@@ -61,10 +62,9 @@ def search(seed: int, trials: int, out: Path) -> dict:
         "seed": seed, "minutes": round((time.monotonic() - started) / 60, 1), "trials_run": len(rows),
         "feasible": within["feasible"], "infeasible": within["infeasible"],
         "baseline": {k: baseline[k] for k in ("val/acc", "test/acc", "cost.size_bytes")},
-        "winner": {"trial": within["winner"]["number"], "overrides": winner["overrides"].split("model.widths")[0]
-                   .split("cost.compile=true ")[-1], "widths": winner["overrides"].split("model.widths=")[-1],
-                   **{k: winner[k] for k in ("val/acc", "test/acc", "cost.size_bytes",
-                                             "cost.throughput_samples_per_s")}},
+        "winner": {"trial": within["winner"]["number"],
+                   "params": " ".join(f"{k.lstrip('+')}={v}" for k, v in within["winner"]["params"].items()),
+                   **{k: winner[k] for k in ("val/acc", "test/acc", "cost.size_bytes")}},
         "rows": [{k: r.get(k) for k in ("job", "overrides", "val/acc", "test/acc", "cost.size_bytes")} for r in rows],
     }  # fmt: skip
 
@@ -74,13 +74,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "cheapest_within")
+    parser.add_argument("--patience", default=None, help="hydra.sweeper.within.patience (the preset's: 6)")
     args = parser.parse_args()
     import torch
 
     reference = nsga2_reference()
     results = {
         "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "nsga2": reference, "searches": [search(seed, args.trials, args.out) for seed in args.seeds],
+        "nsga2": reference, "searches": [search(seed, args.trials, args.out, args.patience) for seed in args.seeds],
     }  # fmt: skip
     (HERE / "cheapest_within.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nNSGA-II, {reference['trials']} trials: {reference['size_bytes']:,} B at test acc "
@@ -89,8 +90,8 @@ def main() -> None:
     print("|---:|---:|---:|---|---:|---:|---:|---:|")
     for s in results["searches"]:
         w, b = s["winner"], s["baseline"]
-        print(f"| {s['seed']} | {s['trials_run']} | {s['feasible']} / {s['infeasible']} | {w['overrides']} "
-              f"{w['widths']} (trial {w['trial']}) | {w['val/acc']:.4f} | {w['test/acc']:.4f} ({b['test/acc']:.4f})"
+        print(f"| {s['seed']} | {s['trials_run']} | {s['feasible']} / {s['infeasible']} | `{w['params']}` "
+              f"({w['trial']}) | {w['val/acc']:.4f} | {w['test/acc']:.4f} ({b['test/acc']:.4f})"
               f" | {w['cost.size_bytes']:,.0f} | {w['cost.size_bytes'] / reference['size_bytes']:.2f} |")  # fmt: skip
 
 
