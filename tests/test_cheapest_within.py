@@ -132,7 +132,8 @@ def test_a_baseline_outside_the_search_space_is_refused_before_any_trial(tmp_pat
 @pytest.mark.slow
 def test_cheapest_within_runs_on_digits_from_the_command_line(tmp_path):
     one_epoch = ["++compression.prune_structured.epochs=1", "++compression.prune.epochs=1"]
-    search = ["hparams_search=cheapest_within", "hydra.sweeper.n_trials=4", *FAST, "cost.compile=false", *one_epoch]
+    search = ["hparams_search=cheapest_within", "hydra.sweeper.n_trials=4", *FAST, "trainer.max_epochs=1",
+              "model.widths=[8,16]", "cost.compile=false", *one_epoch]  # fmt: skip
     result = run_cli(*search, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = tmp_path / "outputs" / "train" / "sweeps" / "cheapest_within"
