@@ -14,7 +14,7 @@ import torch
 
 from conftest import run_cli
 from trimlab.compression.augment import MASK, TextAugment
-from trimlab.compression.hidden import HiddenStates, teacher_pass
+from trimlab.compression.hidden import HiddenStates, length_order, teacher_outputs, teacher_pass
 from trimlab.errors import ConfigError
 from trimlab.models.text import TransformerClassifier
 from trimlab.models.vision import SmallCNN
@@ -89,6 +89,31 @@ def test_the_hidden_state_loss_is_zero_for_identical_models_and_trains_the_stude
     loss.backward()
     assert other.blocks[1].mlp[0].weight.grad.abs().sum() > 0 and hidden.project.weight.grad.abs().sum() > 0
     assert other.blocks[0].mlp[0].weight.grad.abs().sum() > 0  # through block 2 into block 1
+
+
+def test_the_teacher_pass_in_length_order_returns_each_items_outputs_in_the_datasets_order():
+    from types import SimpleNamespace
+
+    from trimlab.data.base import ArrayDataset
+
+    torch.manual_seed(0)
+    ids = [torch.randint(1, 50, (int(n),), dtype=torch.int32) for n in torch.randint(2, 13, (20,))]
+    dataset = ArrayDataset(ids, torch.zeros(20))
+
+    def collate(items):
+        length = max(len(x) for x, _ in items)
+        input_ids = torch.stack([torch.cat([x, x.new_zeros(length - len(x))]).long() for x, _ in items])
+        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}, torch.zeros(len(items))
+
+    order = length_order(dataset)
+    assert sorted(order.tolist()) == list(range(20)) and order.tolist() != list(range(20))
+    assert [len(ids[i]) for i in order] == sorted(len(x) for x in ids)
+    teacher = transformer(0).eval()
+    logits, states = teacher_outputs(teacher, dataset, SimpleNamespace(eval_batch_size=4, collate=collate), [2])
+    alone = [teacher_pass(teacher, [collate([item])], [2]) for item in dataset]  # one item per batch: no padding
+    assert torch.allclose(logits, torch.cat([a[0] for a in alone]), atol=1e-5)
+    assert torch.allclose(states, torch.cat([a[1] for a in alone]), atol=1e-5)
+    assert torch.equal(length_order(ArrayDataset(torch.zeros(5, 3), torch.zeros(5))), torch.arange(5))
 
 
 def test_hidden_states_need_transformer_blocks_in_range():

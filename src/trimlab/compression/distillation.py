@@ -25,12 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from trimlab.batches import forward
 from trimlab.compression.augment import TextAugment, vocabulary
 from trimlab.compression.base import Stage
-from trimlab.compression.hidden import HiddenStates, teacher_pass
+from trimlab.compression.hidden import HiddenStates, teacher_outputs
 from trimlab.compression_checks import check_teacher_dir
 from trimlab.errors import ConfigError
 
@@ -213,8 +213,7 @@ class Distill(Stage):
             except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
                 log.warning("teacher logits cache %s is unreadable: recomputing it", path)
         log.info("computing the teacher's logits over %d items (cached in %s)", len(dataset), path)
-        loader = DataLoader(dataset, batch_size=self.teacher_data.eval_batch_size, collate_fn=self.teacher_data.collate)
-        logits, states = teacher_pass(self.teacher.eval(), loader, layers)
+        logits, states = teacher_outputs(self.teacher.eval(), dataset, self.teacher_data, layers)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a temp file
         torch.save(logits if states is None else {"logits": logits, "states": states}, temporary)

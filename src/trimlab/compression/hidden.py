@@ -133,3 +133,23 @@ def teacher_pass(teacher: nn.Module, loader: Any, layers: list[int] | None) -> t
         if hooks is not None:
             hooks.remove()
     return torch.cat(logits), (torch.cat(states) if hooks is not None else None)
+
+
+def teacher_outputs(teacher: nn.Module, dataset: Any, data: Any, layers: list[int] | None):
+    """`teacher_pass` over a dataset in order of length, results back in the dataset's order: batches of
+    similar lengths pad little, which makes a pass over short phrases several times faster."""
+    from torch.utils.data import DataLoader, Subset
+
+    order = length_order(dataset)
+    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=data.eval_batch_size, collate_fn=data.collate)
+    logits, states = teacher_pass(teacher, loader, layers)
+    restore = torch.argsort(order)
+    return logits[restore], (None if states is None else states[restore])
+
+
+def length_order(dataset: Any) -> torch.Tensor:
+    """Indices of a dataset of token-id sequences by length; the identity for fixed-size inputs."""
+    inputs = getattr(dataset, "inputs", None)
+    if isinstance(inputs, list) and inputs and isinstance(inputs[0], torch.Tensor):
+        return torch.argsort(torch.tensor([len(x) for x in inputs]), stable=True)
+    return torch.arange(len(dataset))
