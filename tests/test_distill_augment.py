@@ -149,6 +149,8 @@ def test_a_text_student_learns_from_the_train_split_and_its_variants_labelled_by
     assert facts["sentences"] == 3 * train_items and facts["n_copies"] == 3
     assert 0 < facts["masked"] < facts["words"] and 0 < facts["replaced"] < facts["words"] and facts["ngram"] > 0
     assert summary["cost"]["train_samples"] == 4 * train_items  # one epoch over the train split and its variants
+    passes = summary["metrics"]["after"]["distill"]["facts"]["teacher_pass_s"]
+    assert set(passes) == {"train", "variants"} and all(seconds > 0 for seconds in passes.values())
     assert summary["metrics"]["after"]["distill"]["facts"]["hidden"] == {"weight": 1.0, "layer_map": [[1, 1]]}
     # One teacher pass over the train split and one over the variants, each cached with the teacher's states.
     cached = [torch.load(p, weights_only=True) for p in (tmp_path / "cache" / "teacher_logits").glob("*.pt")]

@@ -157,9 +157,10 @@ def measure_cost(run: Run, trained: Trained) -> tuple[torch.nn.Module, dict]:
     deployable = deployable_backbone(cfg, datamodule, trained.checkpoint) if trained.checkpoint else run.task.backbone
     if trained.record is None:  # ddp_spawn: the test ran in worker processes, only its logged metrics came back
         trained.record = evaluate_model(deployable, datamodule, trainer.precision_plugin)
-    # In the dtype the run tested in (bf16-true converts the module, mixed precision only the compute).
-    in_run_precision = trainer.precision_plugin.convert_module(copy.deepcopy(deployable))
-    trained.record.metrics.update(val_metrics(in_run_precision, datamodule, trainer.precision_plugin))
+    # In the dtype the run tested in (bf16-true converts the module in place, as `measure` does next; mixed
+    # precision converts only the compute).
+    deployable = trainer.precision_plugin.convert_module(deployable)
+    trained.record.metrics.update(val_metrics(deployable, datamodule, trainer.precision_plugin))
     sample = first_test_inputs(datamodule)
     precision = trainer.precision_plugin
     cost = measure(deployable, sample, run.clock, cfg.cost, trained.device, precision, trained.peaks, not run.stages)

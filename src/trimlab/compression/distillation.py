@@ -106,6 +106,7 @@ class Distill(Stage):
         self.teacher_data: Any = None
         self.augment = TextAugment(**augment) if augment and not self.untrained else None  # a stand-in: plain
         self.transfer_set: dict[str, Any] = {}
+        self.teacher_pass_s: dict[str, float] = {}  # per pass ("train", "variants"); 0 when read from the cache
         self.hidden = HiddenStates(**hidden) if hidden and not self.untrained else None
 
     def check(self, datamodule: Any, model: nn.Module) -> None:
@@ -178,12 +179,10 @@ class Distill(Stage):
         if train.texts is None:
             raise ConfigError("compression.distill.augment: this train split keeps no sentences to vary")
         texts, counts = self.augment.variants(train.texts, vocabulary(datamodule.tokenizer))
-        started = time.perf_counter()
         for_teacher = ArrayDataset(self.teacher_data.encode(texts), torch.zeros(len(texts)))
-        variant_logits, variant_states = self.teacher_logits(for_teacher, datamodule.num_classes,
-                                                             json.dumps(self.augment.settings()))  # fmt: skip
-        self.transfer_set = {**self.augment.settings(), **counts, "train_items": len(train),
-                             "teacher_pass_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+        settings = json.dumps(self.augment.settings())
+        variant_logits, variant_states = self.teacher_logits(for_teacher, datamodule.num_classes, settings, "variants")
+        self.transfer_set = {**self.augment.settings(), **counts, "train_items": len(train)}
         log.info("augmented transfer set: %d train items + %d variants", len(train), len(texts))
         targets = torch.cat([train.targets, variant_logits.argmax(-1)])
         both = ArrayDataset(list(train.inputs) + datamodule.encode(texts), targets)
@@ -193,10 +192,13 @@ class Distill(Stage):
             None if states is None else torch.cat([states, variant_states]),
         )
 
-    def teacher_logits(self, dataset: Any, num_classes: int, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def teacher_logits(
+        self, dataset: Any, num_classes: int, what: str, name: str = "train"
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The teacher's logits over `dataset` (in the teacher's input format) and, with `hidden`, its pooled states
         at the mapped layers; cached per (teacher checkpoint, its data, `what`): computed once, however many
-        students learn from them."""
+        students learn from them. Its seconds go to `teacher_pass_s[name]`."""
+        started = time.perf_counter()
         checkpoint = teacher_checkpoint(self.teacher_dir)
         stat = checkpoint.stat()
         key = f"{checkpoint.absolute()}|{stat.st_size}|{stat.st_mtime_ns}|{self.teacher_data.data_fingerprint}"
@@ -209,6 +211,7 @@ class Distill(Stage):
                 saved = torch.load(path, weights_only=True)
                 logits, states = (saved["logits"], saved["states"]) if isinstance(saved, dict) else (saved, None)
                 if logits.shape == (len(dataset), num_classes) and (states is None) == (layers is None):
+                    self.teacher_pass_s[name] = 0.0
                     return logits, states
             except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
                 log.warning("teacher logits cache %s is unreadable: recomputing it", path)
@@ -218,6 +221,7 @@ class Distill(Stage):
         temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a temp file
         torch.save(logits if states is None else {"logits": logits, "states": states}, temporary)
         temporary.replace(path)
+        self.teacher_pass_s[name] = round(time.perf_counter() - started, 3)
         return logits, states
 
     def baseline(self, model: nn.Module, datamodule: Any) -> tuple[nn.Module, Any, str]:
@@ -232,6 +236,7 @@ class Distill(Stage):
             "alpha": self.alpha,
             "cached_teacher_logits": self.cache,
             **({"transfer_set": self.transfer_set} if self.transfer_set else {}),
+            **({"teacher_pass_s": self.teacher_pass_s} if self.teacher_pass_s else {}),
             **({"hidden": self.hidden.facts()} if self.hidden else {}),
         }
 
