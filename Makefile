@@ -19,7 +19,7 @@ demo: $(BIN)/trimlab-train
 # Two test processes (pytest-xdist), a test file each at a time: the suite fits its 15 minutes on 2 cores.
 test: $(BIN)/trimlab-train
 	$(BIN)/ruff check src tests experiments
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: $(BIN)/trimlab-train
 	$(BIN)/ruff check src tests experiments
