@@ -181,7 +181,7 @@ class Distill(Stage):
         texts, counts = self.augment.variants(train.texts, vocabulary(datamodule.tokenizer))
         for_teacher = ArrayDataset(self.teacher_data.encode(texts), torch.zeros(len(texts)))
         settings = json.dumps(self.augment.settings())
-        variant_logits, variant_states = self.teacher_logits(for_teacher, datamodule.num_classes, settings, "variants")
+        variant_logits, variant_states = self.teacher_logits(for_teacher, datamodule.num_classes, settings)
         self.transfer_set = {**self.augment.settings(), **counts, "train_items": len(train)}
         log.info("augmented transfer set: %d train items + %d variants", len(train), len(texts))
         targets = torch.cat([train.targets, variant_logits.argmax(-1)])
@@ -192,13 +192,11 @@ class Distill(Stage):
             None if states is None else torch.cat([states, variant_states]),
         )
 
-    def teacher_logits(
-        self, dataset: Any, num_classes: int, what: str, name: str = "train"
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def teacher_logits(self, dataset: Any, num_classes: int, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The teacher's logits over `dataset` (in the teacher's input format) and, with `hidden`, its pooled states
         at the mapped layers; cached per (teacher checkpoint, its data, `what`): computed once, however many
-        students learn from them. Its seconds go to `teacher_pass_s[name]`."""
-        started = time.perf_counter()
+        students learn from them. Its seconds go to `teacher_pass_s` ("train", or "variants" for a transfer set)."""
+        started, name = time.perf_counter(), "train" if what == "train" else "variants"
         checkpoint = teacher_checkpoint(self.teacher_dir)
         stat = checkpoint.stat()
         key = f"{checkpoint.absolute()}|{stat.st_size}|{stat.st_mtime_ns}|{self.teacher_data.data_fingerprint}"

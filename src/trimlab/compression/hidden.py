@@ -135,7 +135,9 @@ def teacher_pass(teacher: nn.Module, loader: Any, layers: list[int] | None) -> t
     return torch.cat(logits), (torch.cat(states) if hooks is not None else None)
 
 
-def teacher_outputs(teacher: nn.Module, dataset: Any, data: Any, layers: list[int] | None):
+def teacher_outputs(
+    teacher: nn.Module, dataset: Any, data: Any, layers: list[int] | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`teacher_pass` over a dataset in order of length, results back in the dataset's order: batches of
     similar lengths pad little, which makes a pass over short phrases several times faster."""
     from torch.utils.data import DataLoader, Subset
