@@ -221,3 +221,28 @@ def test_a_stage_s_knobs_are_sampled_only_in_trials_that_pick_the_stage(tmp_path
     # none: 2 widths; each stage alone: its 2 knob values x 2 widths; both: 2 x 2 x 2. Each ran once, then the
     # space was spent (as 4 x 2 x 2 x 2 = 32 unconditional configurations, it would have run all 30 trials).
     assert len(configurations) == 2 + 4 + 4 + 8 == len({json.dumps(c, sort_keys=True) for c in configurations})
+
+
+def test_a_trial_killed_after_its_job_completed_keeps_its_result_on_resume(tmp_path):
+    """The kill lands after the job wrote its completed summary and before the sweeper told the study: the re-run
+    takes the result from the run dir instead of running that configuration again."""
+
+    def completes_then_killed(batch, initial_job_idx):
+        job_dir = tmp_path / f"{initial_job_idx}_abc123"
+        job_dir.mkdir()
+        (job_dir / "summary.json").write_text(json.dumps({"status": "completed", "metrics": {"test/acc": 0.75}}))
+        raise RuntimeError("the process was killed here")  # nothing tells the study: trial 0 stays running
+
+    with pytest.raises(RuntimeError):
+        sweeper_in(tmp_path, completes_then_killed).sweep([])
+    launched: list = []
+
+    def launch(batch, initial_job_idx):
+        launched.extend(batch)
+        return completed_job(batch, initial_job_idx)
+
+    sweeper_in(tmp_path, launch).sweep([])
+    trials = study_trials_of(tmp_path)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[0].value == 0.75 and "interrupted" not in trials[0].system_attrs
+    assert len(launched) == 1  # only the one trial still missing ran

@@ -133,7 +133,7 @@ class OptunaSweeper(Sweeper):
             sampler=sampler(self.sampler_name, self.seed, space), directions=self.directions,
             load_if_exists=True,
         )  # fmt: skip
-        resume.mark_killed(study)
+        resume.settle_killed(study, sweep_dir, self.config, self.within)
         if study.trials:  # resumed: a sampler seeded as the first run would propose the same trials again
             seed = resume.resumed_seed(self.seed, len(study.trials))
             study.sampler = sampler(self.sampler_name, seed, space)
@@ -237,10 +237,8 @@ class OptunaSweeper(Sweeper):
     def stop(self, study, sweep_dir: Path, pending: list[tuple[int, Any]], name: str, code: int) -> None:
         """Record the trials a signal cut short as interrupted (a job that had completed keeps its result), then
         exit with one line saying how to resume."""
-        from optuna.trial import TrialState
-
         from trimlab.errors import fail
-        from trimlab.sweep import mark_interrupted, objective, started_jobs
+        from trimlab.sweep import started_jobs
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the bookkeeping short
@@ -248,15 +246,8 @@ class OptunaSweeper(Sweeper):
         cut = []
         for job, trial in pending:
             job_dir = started_jobs.get(job)
-            summary = mark_interrupted(sweep_dir, job_dir, reason) if job_dir else {}
-            if summary.get("status") == "completed":
-                values = objective(self.config, summary)
-                if self.within and values is not None:
-                    self.within.record(study, trial, job_dir)
-                resume.tell(study, trial, values, TrialState.COMPLETE if values is not None else TrialState.FAIL)
-                continue
-            resume.mark_interrupted(study, trial._trial_id, trial.number, trial.params, reason)
-            cut.append(f"trial {trial.number}" + (f" ({job_dir})" if job_dir else ""))
+            if not resume.settle(study, trial, job_dir, sweep_dir, reason, self.config, self.within):
+                cut.append(f"trial {trial.number}" + (f" ({job_dir})" if job_dir else ""))
         self.report(study, sweep_dir)
         where = f" in {', '.join(cut)}" if cut else " between trials"
         again = ", the interrupted trial's configuration runs again" if cut else ""

@@ -2,7 +2,8 @@
 
 - An interrupted trial (Ctrl-C, SIGTERM, a kill) is recorded as failed with the reason in its system attrs
   (`interrupted`) and its configuration is queued to run once more, first: an interruption says nothing about
-  the configuration, so it is neither skipped nor counted as finished.
+  the configuration, so it is neither skipped nor counted as finished. A trial whose job had completed before
+  the cut keeps its result, read from its run dir.
 - The sampler of a resumed study is seeded from (seed, trials already in the study): with the seed alone a
   re-run replays the sampler's sequence from the start and re-runs the configurations already tried.
 - A proposal that repeats a completed trial is not run: it is answered with that trial's values (`duplicate_of`),
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -51,12 +53,33 @@ def mark_interrupted(study, trial_id: int, number: int, params: dict[str, Any], 
     log.warning("trial %d was interrupted (%s): recorded as failed, its configuration runs again", number, reason)
 
 
-def mark_killed(study) -> None:
-    """Trials a kill left running (nothing recorded their end) are interrupted ones."""
+def settle(study, trial, job_dir: Path | None, sweep_dir: Path, reason: str, config: Any, within: Any) -> bool:
+    """Tell a trial that a signal or a kill cut short. A job that had completed keeps its result: the cut may land
+    after the job wrote its summary and before the sweeper told the study. Any other is interrupted and its
+    configuration queued again. True when the job had completed."""
     from optuna.trial import TrialState
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        mark_interrupted(study, trial._trial_id, trial.number, trial.params, "killed")
+    from trimlab.sweep import mark_interrupted as mark_job
+    from trimlab.sweep import objective
+
+    summary = mark_job(sweep_dir, job_dir, reason) if job_dir else {}
+    if summary.get("status") != "completed":
+        mark_interrupted(study, trial._trial_id, trial.number, trial.params, reason)
+        return False
+    values = objective(config, summary)
+    if within and values is not None:
+        within.record(study, trial, job_dir)
+    tell(study, trial, values, TrialState.COMPLETE if values is not None else TrialState.FAIL)
+    return True
+
+
+def settle_killed(study, sweep_dir: Path, config: Any, within: Any) -> None:
+    """Trials a kill left running (nothing told their end), settled from their run dirs (`<trial number>_<id>`)."""
+    from optuna.trial import Trial, TrialState
+
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        job_dir = next(iter(sorted(sweep_dir.glob(f"{frozen.number}_*"))), None)
+        settle(study, Trial(study, frozen._trial_id), job_dir, sweep_dir, "killed", config, within)
 
 
 def counted(trial) -> bool:
