@@ -16,10 +16,11 @@ $(BIN)/trimlab-train:
 demo: $(BIN)/trimlab-train
 	$(BIN)/trimlab-train
 
-# Two test processes (pytest-xdist), a test file each at a time: the suite fits its 15 minutes on 2 cores.
+# Two test processes (pytest-xdist), a test file each at a time, longest first (tests/conftest.py): the suite
+# fits its 15 minutes on 2 cores.
 test: $(BIN)/trimlab-train
 	$(BIN)/ruff check src tests experiments
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(BIN)/trimlab-train
 	$(BIN)/ruff check src tests experiments

@@ -65,6 +65,19 @@ def assert_clear_error(result, *fragments: str) -> str:
     return last
 
 
+def preflight_error(capsys, *args: str) -> str:
+    """The one line (and exit code 2) a command line's checks give, in-process: they run before Lightning is
+    imported, so a bad value needs no process of its own. tests/test_cli_errors.py shows the same through the CLI."""
+    from trimlab.launch import preflight
+
+    with pytest.raises(SystemExit) as exit_info:
+        preflight(list(args))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trimlab: error: ")
+    return lines[0]
+
+
 def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
     header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as handle:
@@ -102,10 +115,14 @@ def tiny_image_folder(tmp_path: Path) -> Path:
     return root
 
 
-# The files that take longest, first: pytest-xdist (`--dist loadfile`) then hands them out at the start, and the
-# two workers end together instead of one running a long file alone at the end.
-LONGEST_FIRST = ("test_every_option.py", "test_distributed.py", "test_speech.py", "test_secrets.py", "test_deploy.py",
-                 "test_compression_cli.py", "test_signals.py", "test_sweeps.py", "test_text.py")  # fmt: skip
+# The files that take longest, first (longest-processing-time-first scheduling): pytest-xdist (`--dist loadfile
+# --no-loadscope-reorder`, which keeps this order instead of sorting files by their number of tests) hands them
+# out at the start, and the two workers end together instead of one running a long file alone at the end.
+# Ordered by their wall time in `make test` (its --durations list and per-file spans).
+LONGEST_FIRST = ("test_every_option.py", "test_distributed.py", "test_speech.py", "test_end_to_end.py",
+                 "test_signals.py", "test_sweeps.py", "test_deploy.py", "test_text.py", "test_compression_cli.py",
+                 "test_compression.py", "test_serve.py", "test_cli_errors.py", "test_transfer_semi.py",
+                 "test_sweep_signals.py", "test_tracking.py", "test_secrets.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list) -> None:

@@ -11,17 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clear_error, run_cli
+from conftest import assert_clear_error, preflight_error, run_cli
 from trimlab.launch import config_dir, preflight
-
-
-def preflight_error(capsys, *args: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        preflight(list(args))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("trimlab: error: ")
-    return lines[0]
 
 
 def test_unknown_group_option_lists_the_available_ones(capsys):

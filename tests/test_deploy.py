@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import FAST, assert_clear_error, compose_train, run_cli
+from conftest import FAST, compose_train, preflight_error, run_cli
 from trimlab.batches import forward
 from trimlab.deploy import deployed
 from trimlab.deploy.choice import choose, write_deployed
@@ -23,6 +23,8 @@ from trimlab.models.text import TransformerClassifier
 from trimlab.models.vision import SmallCNN
 
 # fp32 runtimes match torch to float rounding; int8 and bf16 only to what their precision keeps.
+# Run together by `trimlab-train` in deployed_run below; tests/test_every_option.py counts them as run here.
+RUNTIMES = ("inductor", "onnxruntime", "openvino")
 TOLERANCE = {"fp32": 1e-4, "int8": 0.05, "default": 0.05}
 VARIANTS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "default"), ("openvino", "fp32"),
             ("openvino", "int8")]  # fmt: skip
@@ -202,7 +204,7 @@ def deployed_run(tmp_path_factory) -> tuple[Path, dict, str]:
         *FAST,
         "trainer.max_epochs=1",
         "compression=[prune_structured,quantize_static]",
-        "deploy=[inductor,onnxruntime,openvino]",
+        f"deploy=[{','.join(RUNTIMES)}]",
         "deploy.tolerance_pt=5",
         "deploy.openvino.int8=false",  # NNCF int8: built and read back in the unit tests above
         cwd=cwd,
@@ -216,7 +218,7 @@ def deployed_run(tmp_path_factory) -> tuple[Path, dict, str]:
 def test_a_digits_run_measures_every_runtime_and_deploys_the_choice(deployed_run):
     run_dir, summary, printed = deployed_run
     ledger = summary["cost"]["deploy"]
-    assert set(ledger) == {"inductor", "onnxruntime", "openvino", "best"}
+    assert set(ledger) == {*RUNTIMES, "best"}
     assert set(ledger["inductor"]) == {"fp32", "compressed"}  # the trained model (the baseline) and the artifact
     assert ledger["inductor"]["fp32"]["vs_inductor"]["latency"] == 1.0
     for target, variants in ledger.items():
@@ -273,8 +275,10 @@ def test_compare_shows_the_best_target_and_every_target_on_the_pareto_front(depl
         (["deploy=[inductor,onnxruntime]", "deploy.tolerance_pt=-1"], ["deploy.tolerance_pt=-1 must be a number >= 0"]),
     ],
 )  # fmt: skip
-def test_bad_deploy_command_lines_fail_before_any_run_dir(overrides, fragments, tmp_path):
-    assert_clear_error(run_cli(*FAST, *overrides, cwd=tmp_path), *fragments)
+def test_bad_deploy_command_lines_fail_before_any_run_dir(overrides, fragments, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = preflight_error(capsys, *FAST, *overrides)
+    assert all(fragment in line for fragment in fragments), line
     assert not (tmp_path / "outputs").exists()
 
 

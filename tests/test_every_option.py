@@ -22,6 +22,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA, run_cli
+from test_deploy import RUNTIMES
 from test_distributed import SWEPT_STRATEGIES
 
 pytestmark = pytest.mark.slow
@@ -39,8 +40,9 @@ MISSING_DATA = "set env TRIMLAB_DATA or data.root=<dir>"
 REAL_DATA = SHARED_DATA.is_dir() and os.environ.get("TRIMLAB_TEST_REAL_DATA") == "1"
 # Options that need a path get one from a user config of the same group: <option>_tiny.yaml.
 NEEDS_PATH = {"image_folder": "folder", "text_csv": "file", "wav_folder": "folder"}
-# Options another test already runs through `trimlab-train -m`, with the processes they need (two ranks each).
-RUN_ELSEWHERE = {("strategy", name) for name in SWEPT_STRATEGIES}
+# Options another test already runs through `trimlab-train`: the multi-process strategies with the two ranks each
+# needs (a sweep in tests/test_distributed.py), the deploy runtimes in one run (tests/test_deploy.py).
+RUN_ELSEWHERE = {("strategy", name) for name in SWEPT_STRATEGIES} | {("deploy", name) for name in RUNTIMES}
 
 
 def options(group: str) -> list[str]:
@@ -130,8 +132,7 @@ def commands() -> dict[str, list[str]]:
         "precision": [*sweep("precision"), *sweep("semi_supervised")[1:]],
         "trainer": [*sweep("trainer", drop=("gpu",)), *sweep("debug")[1:], "strategy=auto"],
         "gpu": ["trainer=gpu"],  # refused before it starts where there is no GPU: alone, not in a sweep
-        "logger": sweep("logger"),
-        "deploy": sweep("deploy"),  # each runtime beside inductor: exported, scored, one deployed
+        "logger": [*sweep("logger"), "deploy=none"],
         "compression": sweep("compression", drop=("distill",)),
         # stop_at_target reads its target from cost.target; feature_cache runs with the speech models
         "speedup": [*sweep("speedup", drop=("feature_cache",)), "cost.target=val/acc:0.1"],
@@ -227,7 +228,7 @@ def expected_failure(group: str, option: str) -> str | None:
 
 def test_every_option_ran(outcomes):
     assert every_option() - set(outcomes) == set()
-    assert {("strategy", option) for option in options("strategy")} >= RUN_ELSEWHERE  # no stale name
+    assert all(option in options(group) for group, option in RUN_ELSEWHERE)  # no stale name
     assert len(outcomes) > 60 and sum(len(jobs) for jobs in outcomes.values()) > 80
 
 
