@@ -2,7 +2,8 @@
 reason the README gives (FSDP or `trainer=gpu` without a GPU, a real dataset absent from the data dir, SLURM
 absent; the real datasets are read only with TRIMLAB_TEST_REAL_DATA=1). Options come from the files in conf/ (and
 the launchers Hydra finds), so a new option file is run too. The multi-process strategies run in
-tests/test_distributed.py's sweep, where each gets the two ranks it is for.
+tests/test_distributed.py's sweep, where each gets the two ranks it is for; the deploy runtimes in
+tests/test_deploy.py's run, which measures all three.
 
 One multirun per group (jobs in-process), a few groups crossed where that is cheaper than another process, a few
 processes at once. Each model runs on data of its modality; options whose data needs a path get a tiny dataset
